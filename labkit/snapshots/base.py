@@ -1,0 +1,471 @@
+"""The snapshot contract, in containerd's vocabulary (``core/snapshots/snapshotter.go``).
+
+Vocabulary
+----------
+* A **key** names an *active* snapshot: writable, mounted by a container as its root filesystem.
+* A **name** names a *committed* snapshot: read-only, never changes again; it can be a parent.
+* A **view** is a read-only snapshot of a committed parent (for inspecting an image).
+* A **parent** is always committed. A chain of parents is an image's lineage.
+
+Keys and names share one namespace per store. Kinds: ``active``, ``view``, ``committed``.
+
+Lifecycle (exactly what ``docker run`` / ``docker commit`` do)::
+
+    mnt = sn.prepare("c1", parent="base")    # active snapshot of the image
+    with mnt.mount("/run/c1/rootfs"):        # the container's root filesystem
+        ...                                  # the container writes
+    sn.commit("app", "c1")                   # -> a new image "app" whose parent is "base"
+    # or: sn.remove("c1")                    # docker run --rm: the snapshot is thrown away
+
+Worked example (any backend)::
+
+    >>> from labkit.snapshots import open_snapshotter          # doctest: +SKIP
+    >>> sn = open_snapshotter("copy", "/tmp/store")            # doctest: +SKIP
+    >>> m = sn.prepare("base-build")                          # doctest: +SKIP
+    >>> with m.mount("/mnt/x"): open("/mnt/x/hello", "w").write("hi")   # doctest: +SKIP
+    >>> sn.commit("base", "base-build")                       # doctest: +SKIP
+    >>> sn.stat("base").kind                                  # doctest: +SKIP
+    <Kind.COMMITTED: 'committed'>
+
+Methods and their edge cases
+----------------------------
+``prepare(key, parent=None, *, labels=None) -> Mount``
+    A new active snapshot whose content equals ``parent`` (empty when None). ``AlreadyExists`` if the key
+    is taken (by any kind); ``NotFound`` if the parent does not exist; ``FailedPrecondition`` if the parent
+    is active or a view. A failure leaves nothing behind (no metadata row, no directory, no mount).
+``view(key, parent=None, *, labels=None) -> Mount``
+    Like prepare but the mount is read-only and the snapshot cannot be committed.
+``commit(name, key, *, labels=None)``
+    Turns the active snapshot ``key`` into the committed snapshot ``name`` (same parent); ``key`` is gone
+    afterwards. The caller must have unmounted it (data written through a still-mounted writable mount
+    after commit is undefined, as in containerd). ``NotFound`` for an unknown key, ``FailedPrecondition``
+    for a view or an already committed snapshot, ``AlreadyExists`` if ``name`` is taken.
+``remove(key_or_name)``
+    Removes any kind. ``FailedPrecondition`` if it has children: children first. Its space is released.
+``stat(key_or_name) -> Info`` / ``update(key_or_name, *, labels)``
+    Metadata only. ``NotFound`` for an unknown key.
+``usage(key_or_name) -> Usage``
+    Bytes and inodes **exclusive** to this snapshot's own layer: what removing it alone would free.
+    Parents never count; data shared with a parent (a reflinked extent, a btrfs extent, a thin block) is
+    not counted for the child. For an active snapshot it is computed now; it grows with writes.
+``mounts(key) -> Mount``
+    The mount for an active snapshot or a view (the same value prepare/view returned);
+    ``FailedPrecondition`` for a committed one (mount a view of it instead).
+``walk(*filters) -> Iterator[Info]``
+    Every snapshot, oldest first, optionally filtered with containerd-style filter strings:
+    ``"kind==committed"``, ``"parent==base"``, ``"name!=x"``, ``"labels.role==image"``; a comma inside one
+    string means AND, several strings mean OR.
+``close()``
+    Releases what the backend holds (a loop-file filesystem, the metadata connection). Idempotent: calling
+    it twice is fine. Any other call after close raises ``FailedPrecondition``.
+
+Backends implement a handful of ``_hooks`` on :class:`BaseSnapshotter`; the metadata, the checks above and
+the all-or-nothing behaviour live here once.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, ClassVar, Iterator, Protocol, runtime_checkable
+
+from .. import errors
+from .mount import Mount
+
+__all__ = ["Kind", "Info", "Usage", "Snapshotter", "BaseSnapshotter", "Mount", "parse_filters"]
+
+
+class Kind(str, Enum):
+    """The three kinds of snapshot."""
+
+    ACTIVE = "active"
+    VIEW = "view"
+    COMMITTED = "committed"
+
+
+@dataclass(frozen=True)
+class Info:
+    """Metadata of one snapshot (``stat``/``walk``)."""
+
+    name: str
+    kind: Kind
+    parent: str | None
+    created: float
+    updated: float
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Space exclusive to one snapshot's own layer (parents never count)."""
+
+    size: int
+    inodes: int
+
+
+@runtime_checkable
+class Snapshotter(Protocol):
+    """The contract every backend fulfils; see the module docstring for each method's edge cases."""
+
+    name: ClassVar[str]
+
+    def prepare(self, key: str, parent: str | None = None, *, labels: dict[str, str] | None = None) -> Mount: ...
+    def view(self, key: str, parent: str | None = None, *, labels: dict[str, str] | None = None) -> Mount: ...
+    def commit(self, name: str, key: str, *, labels: dict[str, str] | None = None) -> None: ...
+    def remove(self, key: str) -> None: ...
+    def stat(self, key: str) -> Info: ...
+    def update(self, key: str, *, labels: dict[str, str]) -> Info: ...
+    def usage(self, key: str) -> Usage: ...
+    def mounts(self, key: str) -> Mount: ...
+    def walk(self, *filters: str) -> Iterator[Info]: ...
+    def close(self) -> None: ...
+
+
+_FILTER_FIELDS = {"name", "kind", "parent"}
+
+
+def parse_filters(filters: tuple[str, ...]) -> list[list[tuple[str, str, str]]]:
+    """Parse containerd-style filters into OR-of-AND clauses of ``(field, op, value)``.
+
+    >>> parse_filters(("kind==committed,parent==base", "name!=x"))
+    [[('kind', '==', 'committed'), ('parent', '==', 'base')], [('name', '!=', 'x')]]
+    """
+    out = []
+    for f in filters:
+        clause = []
+        for part in f.split(","):
+            part = part.strip()
+            op = "!=" if "!=" in part else "==" if "==" in part else None
+            if op is None:
+                raise errors.InvalidArgument(f"filter {part!r}", "has no == or !=", fix="write e.g. kind==committed")
+            k, _, v = part.partition(op)
+            k = k.strip()
+            if k not in _FILTER_FIELDS and not k.startswith("labels."):
+                raise errors.InvalidArgument(f"filter field {k!r}", "is unknown",
+                                             fix="use name, kind, parent or labels.<key>")
+            clause.append((k, op, v.strip()))
+        out.append(clause)
+    return out
+
+
+def _matches(info: Info, clauses: list[list[tuple[str, str, str]]]) -> bool:
+    if not clauses:
+        return True
+    for clause in clauses:
+        ok = True
+        for k, op, v in clause:
+            if k.startswith("labels."):
+                actual = info.labels.get(k[7:])
+            elif k == "kind":
+                actual = info.kind.value
+            else:
+                actual = getattr(info, k)
+            if (actual == v) != (op == "=="):
+                ok = False
+                break
+        if ok:
+            return True
+    return False
+
+
+@dataclass(frozen=True)
+class Row:
+    """A metadata row as backends see it: ``id`` names the backend's storage (e.g. ``snapshots/<id>``)."""
+
+    id: int
+    name: str
+    kind: Kind
+    parent_id: int | None
+    state: dict[str, Any]
+
+
+class BaseSnapshotter:
+    """Metadata (SQLite, transactional), the contract's checks, and all-or-nothing behaviour.
+
+    A backend subclass sets ``name`` and implements ``_create``, ``_mount``, ``_commit``, ``_remove``,
+    ``_usage`` and optionally ``_open``/``_close``/``supported``. ``chain`` arguments list the parent rows
+    nearest first. ``root`` is the backend's own directory; it is created if missing.
+    """
+
+    name: ClassVar[str] = "base"
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        reason = type(self).supported(str(root))
+        if reason:
+            raise errors.Unsupported(f"{self.name} backend", reason)
+        self.root = os.path.abspath(root)
+        os.makedirs(os.path.join(self.root, "snapshots"), exist_ok=True)
+        self._lock = threading.RLock()
+        self._db: sqlite3.Connection | None = sqlite3.connect(
+            os.path.join(self.root, "metadata.db"), isolation_level=None, check_same_thread=False, timeout=30)
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(
+            """CREATE TABLE IF NOT EXISTS snapshots (
+                 id INTEGER PRIMARY KEY AUTOINCREMENT,
+                 name TEXT UNIQUE NOT NULL,
+                 kind TEXT NOT NULL CHECK (kind IN ('active','view','committed')),
+                 parent_id INTEGER REFERENCES snapshots(id),
+                 created REAL NOT NULL, updated REAL NOT NULL,
+                 labels TEXT NOT NULL DEFAULT '{}', state TEXT NOT NULL DEFAULT '{}');
+               CREATE INDEX IF NOT EXISTS snapshots_parent ON snapshots(parent_id);""")
+        try:
+            self._open()
+        except BaseException:
+            self._db.close()
+            self._db = None
+            raise
+
+    # ---- hooks for backends -------------------------------------------------------------------------
+    @classmethod
+    def supported(cls, root: str) -> str | None:
+        """Why this backend cannot run with its store at ``root`` (with the fix), or None when it can."""
+        return None
+
+    def _open(self) -> None:
+        """Acquire what the backend needs (e.g. mount its loop-file filesystem)."""
+
+    def _close(self) -> None:
+        """Release what ``_open`` acquired."""
+
+    def _create(self, row: Row, chain: list[Row]) -> dict[str, Any] | None:
+        """Make the storage of a new active snapshot or view; return backend state to persist."""
+        raise NotImplementedError
+
+    def _mount(self, row: Row, chain: list[Row]) -> Mount:
+        """The mount for an active snapshot or view."""
+        raise NotImplementedError
+
+    def _commit(self, row: Row, chain: list[Row]) -> dict[str, Any] | None:
+        """Freeze an active snapshot's storage; return updated backend state (or None to keep it)."""
+        return None
+
+    def _remove(self, row: Row) -> None:
+        """Release a snapshot's storage (any kind). Must tolerate storage that was never fully made."""
+        raise NotImplementedError
+
+    def _usage(self, row: Row, chain: list[Row]) -> Usage:
+        """Bytes and inodes exclusive to this snapshot's own layer."""
+        raise NotImplementedError
+
+    # ---- helpers --------------------------------------------------------------------------------------
+    def path(self, row: Row, *parts: str) -> str:
+        """The storage directory of ``row``: ``<root>/snapshots/<id>/...``."""
+        return os.path.join(self.root, "snapshots", str(row.id), *parts)
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise errors.FailedPrecondition(f"{self.name} snapshotter at {self.root}", "is closed",
+                                            fix="open a new one")
+        return self._db
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            db = self.db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            else:
+                db.execute("COMMIT")
+
+    @staticmethod
+    def _row(r: tuple) -> Row:
+        return Row(r[0], r[1], Kind(r[2]), r[3], json.loads(r[4]))
+
+    def _get(self, name: str) -> Row:
+        r = self.db.execute("SELECT id,name,kind,parent_id,state FROM snapshots WHERE name=?", (name,)).fetchone()
+        if r is None:
+            raise errors.NotFound(f"snapshot {name!r}", fix="list snapshots with walk()")
+        return self._row(r)
+
+    def _chain(self, row: Row) -> list[Row]:
+        chain = []
+        pid = row.parent_id
+        while pid is not None:
+            r = self.db.execute("SELECT id,name,kind,parent_id,state FROM snapshots WHERE id=?", (pid,)).fetchone()
+            chain.append(self._row(r))
+            pid = chain[-1].parent_id
+        return chain
+
+    def _info(self, r: tuple) -> Info:
+        return Info(r[0], Kind(r[1]), r[2], r[3], r[4], json.loads(r[5]))
+
+    _INFO_SQL = ("SELECT s.name, s.kind, p.name, s.created, s.updated, s.labels FROM snapshots s "
+                 "LEFT JOIN snapshots p ON s.parent_id = p.id")
+
+    # ---- the contract -----------------------------------------------------------------------------------
+    def prepare(self, key: str, parent: str | None = None, *, labels: dict[str, str] | None = None) -> Mount:
+        """A new active (writable) snapshot of ``parent``.
+
+        >>> m = sn.prepare("c1", "base")   # doctest: +SKIP
+        """
+        return self._new(key, parent, Kind.ACTIVE, labels)
+
+    def view(self, key: str, parent: str | None = None, *, labels: dict[str, str] | None = None) -> Mount:
+        """A new read-only view of ``parent``.
+
+        >>> m = sn.view("look", "base")    # doctest: +SKIP
+        """
+        return self._new(key, parent, Kind.VIEW, labels)
+
+    def _new(self, key: str, parent: str | None, kind: Kind, labels: dict[str, str] | None) -> Mount:
+        _check_name(key)
+        with self._lock:
+            made: Row | None = None
+            try:
+                with self._tx() as db:
+                    if db.execute("SELECT 1 FROM snapshots WHERE name=?", (key,)).fetchone():
+                        raise errors.AlreadyExists(f"snapshot {key!r}", fix="choose another key or remove it first")
+                    parent_row = None
+                    if parent is not None:
+                        parent_row = self._get(parent)
+                        if parent_row.kind is not Kind.COMMITTED:
+                            raise errors.FailedPrecondition(
+                                f"parent {parent!r}", f"is {parent_row.kind.value}, not committed",
+                                fix=f"commit it first: commit(name, {parent!r})")
+                    now = time.time()
+                    cur = db.execute(
+                        "INSERT INTO snapshots(name,kind,parent_id,created,updated,labels) VALUES (?,?,?,?,?,?)",
+                        (key, kind.value, parent_row.id if parent_row else None, now, now,
+                         json.dumps(labels or {})))
+                    made = Row(cur.lastrowid, key, kind, parent_row.id if parent_row else None, {})
+                    chain = [parent_row, *self._chain(parent_row)] if parent_row else []
+                    os.makedirs(self.path(made), exist_ok=True)
+                    state = self._create(made, chain)
+                    if state:
+                        db.execute("UPDATE snapshots SET state=? WHERE id=?", (json.dumps(state), made.id))
+                        made = Row(made.id, key, kind, made.parent_id, state)
+                    return self._mount(made, chain)
+            except BaseException:
+                if made is not None:
+                    self._discard_storage(made)
+                raise
+
+    def _discard_storage(self, row: Row) -> None:
+        try:
+            self._remove(row)
+        finally:
+            shutil.rmtree(self.path(row), ignore_errors=True)
+
+    def commit(self, name: str, key: str, *, labels: dict[str, str] | None = None) -> None:
+        """Turn active snapshot ``key`` into committed snapshot ``name``.
+
+        >>> sn.commit("app", "c1")         # doctest: +SKIP
+        """
+        _check_name(name)
+        with self._tx() as db:
+            row = self._get(key)
+            if row.kind is not Kind.ACTIVE:
+                raise errors.FailedPrecondition(f"snapshot {key!r}", f"is {row.kind.value}, only an active one can be committed",
+                                                fix="prepare() a writable snapshot to commit")
+            if name != key and db.execute("SELECT 1 FROM snapshots WHERE name=?", (name,)).fetchone():
+                raise errors.AlreadyExists(f"snapshot {name!r}", fix="choose another name")
+            state = self._commit(row, self._chain(row))
+            merged_labels = dict(json.loads(db.execute("SELECT labels FROM snapshots WHERE id=?", (row.id,)).fetchone()[0]))
+            merged_labels.update(labels or {})
+            db.execute("UPDATE snapshots SET name=?, kind='committed', updated=?, labels=?, state=? WHERE id=?",
+                       (name, time.time(), json.dumps(merged_labels), json.dumps(state if state is not None else row.state),
+                        row.id))
+
+    def remove(self, key: str) -> None:
+        """Remove a snapshot of any kind; refused while it has children.
+
+        >>> sn.remove("c1")                # doctest: +SKIP
+        """
+        with self._tx() as db:
+            row = self._get(key)
+            kids = [r[0] for r in db.execute("SELECT name FROM snapshots WHERE parent_id=?", (row.id,))]
+            if kids:
+                raise errors.FailedPrecondition(f"snapshot {key!r}", f"has children {', '.join(kids)}",
+                                                fix="remove the children first")
+            db.execute("DELETE FROM snapshots WHERE id=?", (row.id,))
+            self._discard_storage(row)
+
+    def stat(self, key: str) -> Info:
+        """Metadata of one snapshot.
+
+        >>> sn.stat("base").kind           # doctest: +SKIP
+        <Kind.COMMITTED: 'committed'>
+        """
+        with self._lock:
+            r = self.db.execute(self._INFO_SQL + " WHERE s.name=?", (key,)).fetchone()
+            if r is None:
+                raise errors.NotFound(f"snapshot {key!r}", fix="list snapshots with walk()")
+            return self._info(r)
+
+    def update(self, key: str, *, labels: dict[str, str]) -> Info:
+        """Replace a snapshot's labels; returns the new Info."""
+        with self._tx() as db:
+            row = self._get(key)
+            db.execute("UPDATE snapshots SET labels=?, updated=? WHERE id=?", (json.dumps(labels), time.time(), row.id))
+        return self.stat(key)
+
+    def usage(self, key: str) -> Usage:
+        """Bytes and inodes exclusive to the snapshot's own layer (parents do not count).
+
+        >>> sn.usage("c1").size            # doctest: +SKIP
+        4096
+        """
+        with self._lock:
+            row = self._get(key)
+            return self._usage(row, self._chain(row))
+
+    def mounts(self, key: str) -> Mount:
+        """The mount of an active snapshot or a view."""
+        with self._lock:
+            row = self._get(key)
+            if row.kind is Kind.COMMITTED:
+                raise errors.FailedPrecondition(f"snapshot {key!r}", "is committed and has no mount",
+                                                fix=f"view(key, {key!r}) gives a read-only mount of it")
+            return self._mount(row, self._chain(row))
+
+    def walk(self, *filters: str) -> Iterator[Info]:
+        """Every snapshot (oldest first) matching any of ``filters``.
+
+        >>> [i.name for i in sn.walk("kind==committed")]   # doctest: +SKIP
+        ['base', 'app']
+        """
+        clauses = parse_filters(filters)
+        with self._lock:
+            rows = self.db.execute(self._INFO_SQL + " ORDER BY s.id").fetchall()
+        for r in rows:
+            info = self._info(r)
+            if _matches(info, clauses):
+                yield info
+
+    def close(self) -> None:
+        """Release the backend's resources; safe to call twice."""
+        with self._lock:
+            if self._db is None:
+                return
+            try:
+                self._close()
+            finally:
+                self._db.close()
+                self._db = None
+
+    def __enter__(self) -> "BaseSnapshotter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.root}{' closed' if self._db is None else ''}>"
+
+
+def _check_name(name: str) -> None:
+    if not isinstance(name, str) or not name or len(name) > 255 or "\0" in name or "\n" in name:
+        raise errors.InvalidArgument(f"snapshot key {name!r}", "is empty, too long or has NUL/newline",
+                                     fix="use a short printable name")
