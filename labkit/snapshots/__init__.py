@@ -1,0 +1,96 @@
+"""Snapshot backends behind one contract (see :mod:`labkit.snapshots.base`).
+
+>>> from labkit.snapshots import backend_names
+>>> "copy" in backend_names()
+True
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from .. import errors
+from .base import BaseSnapshotter, Info, Kind, Snapshotter, Usage, parse_filters
+from .mount import Mount, Mounted
+
+# Registration in one place: name -> module:class. Order is preference for the default backend.
+_BACKENDS: dict[str, str] = {
+    "thin": "labkit.snapshots.thin:ThinSnapshotter",
+    "overlay": "labkit.snapshots.overlay:OverlaySnapshotter",
+    "btrfs": "labkit.snapshots.btrfs:BtrfsSnapshotter",
+    "reflink": "labkit.snapshots.reflink:ReflinkSnapshotter",
+    "copy": "labkit.snapshots.copy:CopySnapshotter",
+    "dmthin": "labkit.snapshots.dmthin:DmThinSnapshotter",
+}
+
+
+def _load(name: str) -> type[BaseSnapshotter] | None:
+    target = _BACKENDS[name]
+    mod, _, cls = target.partition(":")
+    try:
+        return getattr(importlib.import_module(mod), cls)
+    except ModuleNotFoundError as e:
+        if e.name == mod:
+            return None
+        raise
+
+
+def backend_names() -> list[str]:
+    """Every backend labkit knows of, implemented or not, in order of preference."""
+    return list(_BACKENDS)
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    """Whether a backend runs here, and if not, why and the fix."""
+
+    name: str
+    available: bool
+    reason: str
+    doc: str
+
+
+def backend_status(root: str | None = None) -> list[BackendStatus]:
+    """The status of every backend for a store at ``root``.
+
+    >>> any(s.name == "copy" and s.available for s in backend_status("/tmp"))
+    True
+    """
+    root = root or "/var/lib/labkit"
+    out = []
+    for name in _BACKENDS:
+        cls = _load(name)
+        if cls is None:
+            out.append(BackendStatus(name, False, "not implemented in this version of labkit", ""))
+            continue
+        reason = cls.supported(os.path.join(root, "snapshots", name))
+        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        out.append(BackendStatus(name, reason is None, reason or "", doc))
+    return out
+
+
+def default_backend(root: str | None = None) -> str:
+    """The most capable backend that runs here (thin, overlay, btrfs, reflink, then copy)."""
+    for s in backend_status(root):
+        if s.available:
+            return s.name
+    raise errors.Unsupported("no snapshot backend", "runs on this host", fix="run as root on Linux")
+
+
+def open_snapshotter(name: str, root: str | os.PathLike[str], **options: Any) -> BaseSnapshotter:
+    """Open backend ``name`` with its store at ``root`` (created if missing).
+
+    >>> sn = open_snapshotter("copy", "/tmp/lk-doc")     # doctest: +SKIP
+    """
+    if name not in _BACKENDS:
+        raise errors.InvalidArgument(f"backend {name!r}", "is unknown", fix=f"choose one of {', '.join(_BACKENDS)}")
+    cls = _load(name)
+    if cls is None:
+        raise errors.Unsupported(f"{name} backend", "is not implemented in this version of labkit")
+    return cls(root, **options)
+
+
+__all__ = ["Snapshotter", "BaseSnapshotter", "Info", "Kind", "Usage", "Mount", "Mounted", "parse_filters",
+           "backend_names", "backend_status", "default_backend", "open_snapshotter", "BackendStatus"]
