@@ -40,8 +40,12 @@ class LoopInfo64(ctypes.Structure):
     ]
 
 
-def attach(path: str, *, name: str, readonly: bool = False, autoclear: bool = True) -> str:
+def attach(path: str, *, name: str, readonly: bool = False, autoclear: bool = False) -> str:
     """Attach ``path`` to a free loop device and return ``/dev/loopN``.
+
+    With ``autoclear`` the kernel tears the device down at its last close — which is at once, when this
+    function closes its own descriptor, unless the caller holds it open. So attach without it, mount, then
+    call :func:`set_autoclear`, which makes the unmount release the device.
 
     ``name`` (at most 63 bytes) goes into ``lo_file_name`` so leftovers can be recognised as labkit's.
     Needs CAP_SYS_ADMIN and /dev/loop-control. Retries when another process takes the same free device.
@@ -79,6 +83,18 @@ def attach(path: str, *, name: str, readonly: bool = False, autoclear: bool = Tr
             os.close(ctl)
     finally:
         os.close(backing)
+
+
+def set_autoclear(dev: str) -> None:
+    """Set ``LO_FLAGS_AUTOCLEAR`` on a bound device (LOOP_SET_STATUS64 keeps the other fields)."""
+    fd = os.open(dev, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        info = LoopInfo64()
+        fcntl.ioctl(fd, LOOP_GET_STATUS64, info)
+        info.lo_flags |= LO_FLAGS_AUTOCLEAR
+        fcntl.ioctl(fd, LOOP_SET_STATUS64, info)
+    finally:
+        os.close(fd)
 
 
 def detach(dev: str) -> None:

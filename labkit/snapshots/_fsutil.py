@@ -114,7 +114,9 @@ def exclusive_bytes(fd: int) -> int:
 
 def exclusive_usage(path: str) -> Usage:
     """Usage from unshared extents: bytes of file data not shared with a parent (reflink, btrfs snapshot);
-    inodes = files holding exclusive data plus directories and other inodes of the tree's own.
+    inodes = regular files holding exclusive data (a snapshot's directories are shared metadata on btrfs
+    and cheap on xfs, so they are not counted). btrfs shares whole extents: a partly rewritten extent stays
+    shared for the parent too, so the parent's exclusive bytes only grow when a whole extent is replaced.
     """
     size = 0
     inodes = 0

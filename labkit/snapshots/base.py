@@ -200,7 +200,9 @@ class BaseSnapshotter:
         if reason:
             raise errors.Unsupported(f"{self.name} backend", reason)
         self.root = os.path.abspath(root)
-        os.makedirs(os.path.join(self.root, "snapshots"), exist_ok=True)
+        #: where snapshot storage lives; a backend may point it elsewhere in ``_open`` (a loop-file fs)
+        self.storage = os.path.join(self.root, "snapshots")
+        os.makedirs(self.storage, exist_ok=True)
         self._lock = threading.RLock()
         self._db: sqlite3.Connection | None = sqlite3.connect(
             os.path.join(self.root, "metadata.db"), isolation_level=None, check_same_thread=False, timeout=30)
@@ -256,8 +258,8 @@ class BaseSnapshotter:
 
     # ---- helpers --------------------------------------------------------------------------------------
     def path(self, row: Row, *parts: str) -> str:
-        """The storage directory of ``row``: ``<root>/snapshots/<id>/...``."""
-        return os.path.join(self.root, "snapshots", str(row.id), *parts)
+        """The storage directory of ``row``: ``<storage>/<id>/...`` (``storage`` is ``<root>/snapshots``)."""
+        return os.path.join(self.storage, str(row.id), *parts)
 
     @property
     def db(self) -> sqlite3.Connection:
