@@ -1,0 +1,192 @@
+"""A copy-on-write B-tree with reference-counted, shared nodes (persistent-data's ``dm_btree``).
+
+Keys are u64. Internal nodes hold the lowest key of each child and the child's block; leaves hold the
+values. Every change goes top-down through :meth:`TransactionManager.shadow`, so a path shared with
+another tree (a snapshot) is copied first and the copy's children gain a reference; nodes already new in
+this transaction are changed in place. Full nodes are split on the way down (the root splits *beneath*
+itself so that its block number stays the same for the caller).
+
+Removal deletes empty nodes but does not merge or redistribute half-empty siblings (the kernel does);
+lookups stay ``O(depth)`` either way.
+
+>>> from labkit.thin.spacemap import SpaceMap
+>>> from labkit.thin.metadata import TransactionManager, KIND_MAPPING
+>>> tm = TransactionManager(-1, SpaceMap(64), SpaceMap(64), 4)
+>>> root = empty_tree(tm, KIND_MAPPING, 1)
+>>> for k in range(10):
+...     tm.data_sm.inc(k); root, _ = insert(tm, root, k, k << 24)
+>>> lookup(tm, root, 7)[0] >> 24, depth(tm, root)
+(7, 3)
+"""
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from typing import Iterator
+
+from .metadata import KIND_MAPPING, Node, TransactionManager
+
+
+def empty_tree(tm: TransactionManager, kind: int, width: int) -> int:
+    """Allocate an empty leaf and return its block (the tree's root)."""
+    return tm.new_node(True, kind, width).block
+
+
+def lookup(tm: TransactionManager, root: int, key: int) -> tuple[object | None, bool]:
+    """Return ``(value, shared)``: the value (None if absent) and whether any node on the path has
+    more than one reference (then the value is reachable from another tree too)."""
+    counts = tm.meta_sm.counts
+    node = tm.read(root)
+    shared = counts[root] > 1
+    while not node.leaf:
+        i = bisect_right(node.keys, key) - 1
+        if i < 0:
+            return None, shared
+        b = node.values[i]
+        if counts[b] > 1:
+            shared = True
+        node = tm.read(b)
+    keys = node.keys
+    i = bisect_left(keys, key)
+    if i < len(keys) and keys[i] == key:
+        return node.values[i], shared
+    return None, shared
+
+
+def _dec_value(tm: TransactionManager, node: Node, value: object) -> None:
+    if node.kind == KIND_MAPPING:
+        tm.data_sm.dec(value >> 24)  # type: ignore[operator]
+    else:
+        del_tree(tm, value[0])  # type: ignore[index]
+
+
+def _split(tm: TransactionManager, node: Node) -> Node:
+    """Move the upper half of ``node`` into a new sibling and return the sibling."""
+    sib = tm.new_node(node.leaf, node.kind, node.width)
+    half = len(node.keys) // 2
+    sib.keys = node.keys[half:]
+    sib.values = node.values[half:]
+    del node.keys[half:]
+    del node.values[half:]
+    return sib
+
+
+def _split_beneath(tm: TransactionManager, node: Node) -> None:
+    """Split a full root into two new children; the root becomes internal and keeps its block."""
+    left = tm.new_node(node.leaf, node.kind, node.width)
+    right = tm.new_node(node.leaf, node.kind, node.width)
+    half = len(node.keys) // 2
+    left.keys, right.keys = node.keys[:half], node.keys[half:]
+    left.values, right.values = node.values[:half], node.values[half:]
+    node.leaf = False
+    node.keys = [left.keys[0], right.keys[0]]
+    node.values = [left.block, right.block]
+
+
+def insert(tm: TransactionManager, root: int, key: int, value: object,
+           *, dec_old: bool = True) -> tuple[int, object | None]:
+    """Insert or replace ``key``; return ``(new_root, old_value)``.
+
+    The caller has already taken the reference that ``value`` carries; a replaced value loses its
+    reference unless ``dec_old`` is False.
+    """
+    node = tm.shadow(root)
+    new_root = node.block
+    if len(node.keys) >= tm.capacity(node):
+        _split_beneath(tm, node)
+    while not node.leaf:
+        keys = node.keys
+        i = bisect_right(keys, key) - 1
+        if i < 0:
+            i = 0
+            keys[0] = key
+        child = tm.shadow(node.values[i])
+        node.values[i] = child.block
+        if len(child.keys) >= tm.capacity(child):
+            sib = _split(tm, child)
+            keys.insert(i + 1, sib.keys[0])
+            node.values.insert(i + 1, sib.block)
+            if key >= sib.keys[0]:
+                child = sib
+        node = child
+    keys = node.keys
+    i = bisect_left(keys, key)
+    if i < len(keys) and keys[i] == key:
+        old = node.values[i]
+        node.values[i] = value
+        if dec_old and old != value:
+            _dec_value(tm, node, old)
+        return new_root, old
+    keys.insert(i, key)
+    node.values.insert(i, value)
+    return new_root, None
+
+
+def remove(tm: TransactionManager, root: int, key: int) -> tuple[int, object | None]:
+    """Remove ``key`` (dropping its value's reference); return ``(new_root, old_value)``."""
+    value, _ = lookup(tm, root, key)
+    if value is None:
+        return root, None
+    node = tm.shadow(root)
+    new_root = node.block
+    path: list[tuple[Node, int]] = []
+    while not node.leaf:
+        i = bisect_right(node.keys, key) - 1
+        child = tm.shadow(node.values[i])
+        node.values[i] = child.block
+        path.append((node, i))
+        node = child
+    i = bisect_left(node.keys, key)
+    old = node.values[i]
+    del node.keys[i]
+    del node.values[i]
+    _dec_value(tm, node, old)
+    # delete nodes left empty, bottom up (the root stays, possibly as an empty leaf)
+    while not node.keys and path:
+        parent, j = path.pop()
+        tm.release(node.block)
+        del parent.keys[j]
+        del parent.values[j]
+        node = parent
+    if not node.keys and not path:
+        node.leaf = True
+    return new_root, old
+
+
+def del_tree(tm: TransactionManager, root: int) -> None:
+    """Drop one reference to a tree; nodes reaching zero release their children and values."""
+    stack = [root]
+    while stack:
+        b = stack.pop()
+        node = tm.read(b)
+        if tm.release(b) != 0:
+            continue
+        if not node.leaf:
+            stack.extend(node.values)
+        elif node.kind == KIND_MAPPING:
+            dsm = tm.data_sm
+            for v in node.values:
+                dsm.dec(v >> 24)
+        else:
+            stack.extend(v[0] for v in node.values)
+
+
+def items(tm: TransactionManager, root: int, lo: int = 0) -> Iterator[tuple[int, object]]:
+    """All ``(key, value)`` pairs with key >= ``lo``, in key order."""
+    node = tm.read(root)
+    if node.leaf:
+        i = bisect_left(node.keys, lo)
+        yield from zip(node.keys[i:], node.values[i:])
+        return
+    start = max(bisect_right(node.keys, lo) - 1, 0)
+    for b in node.values[start:]:
+        yield from items(tm, b, lo)
+
+
+def depth(tm: TransactionManager, root: int) -> int:
+    """Number of levels (1 for a single leaf)."""
+    d = 1
+    node = tm.read(root)
+    while not node.leaf:
+        node = tm.read(node.values[0])
+        d += 1
+    return d
