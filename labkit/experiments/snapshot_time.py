@@ -22,7 +22,7 @@ from typing import Iterable
 import pandas as pd
 
 from ..snapshots import open_snapshotter
-from ..units import parse_size
+from ..units import format_size, parse_size
 from . import environment
 from .fill import fill_tree
 
@@ -59,7 +59,7 @@ def run(backends: Iterable[str], sizes: Iterable[int | str], *, repeat: int = 5,
                 sn.commit(parent, parent + "-build")
                 os.sync()
                 for r in range(repeat + 1):
-                    bar.set_description(f"{backend} {size >> 20} MiB")
+                    bar.set_description(f"{backend} {format_size(size)}")
                     for phase, seconds in _trial(sn, parent, f"c{r}", target):
                         rows.append({"backend": backend, "parent_bytes": size, "files": files, "phase": phase,
                                      "repeat": r, "warmup": r == 0, "seconds": seconds,
@@ -105,7 +105,7 @@ def medians(df: pd.DataFrame) -> pd.DataFrame:
     d = df[~df.warmup & df.phase.isin(["prepare", "mount"])]
     per_trial = d.groupby(["backend", "parent_bytes", "repeat"]).seconds.sum().reset_index()
     table = per_trial.groupby(["backend", "parent_bytes"]).seconds.median().unstack("parent_bytes")
-    table.columns = [f"{c >> 20} MiB" for c in table.columns]
+    table.columns = [format_size(c) for c in table.columns]
     return table
 
 

@@ -121,8 +121,9 @@ def insert(tm: TransactionManager, root: int, key: int, value: object,
     return new_root, None
 
 
-def remove(tm: TransactionManager, root: int, key: int) -> tuple[int, object | None]:
-    """Remove ``key`` (dropping its value's reference); return ``(new_root, old_value)``."""
+def remove(tm: TransactionManager, root: int, key: int, *, dec: bool = True) -> tuple[int, object | None]:
+    """Remove ``key`` (dropping its value's reference unless ``dec`` is False); return
+    ``(new_root, old_value)``."""
     value, _ = lookup(tm, root, key)
     if value is None:
         return root, None
@@ -139,7 +140,8 @@ def remove(tm: TransactionManager, root: int, key: int) -> tuple[int, object | N
     old = node.values[i]
     del node.keys[i]
     del node.values[i]
-    _dec_value(tm, node, old)
+    if dec:
+        _dec_value(tm, node, old)
     # delete nodes left empty, bottom up (the root stays, possibly as an empty leaf)
     while not node.keys and path:
         parent, j = path.pop()

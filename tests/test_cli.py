@@ -1,0 +1,40 @@
+"""The labkit command: version, backends, one-line errors."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from labkit import __version__
+from labkit.cli import main
+
+
+def labkit(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "labkit.cli", *args], capture_output=True, text=True)
+
+
+def test_version():
+    r = labkit("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"labkit {__version__}"
+
+
+@pytest.mark.root
+def test_backends_lists_the_four_that_run_here(tmp_path):
+    r = labkit("--root", str(tmp_path), "backends")
+    assert r.returncode == 0, r.stderr
+    lines = {line.split()[0]: line for line in r.stdout.splitlines()[1:-1]}
+    for name in ("copy", "overlay", "btrfs", "reflink"):
+        assert lines[name].split()[1] == "yes", lines[name]
+    assert "dmthin" in lines  # listed, with the reason it does not run
+
+
+def test_unknown_backend_is_one_line_error(tmp_path, capsys):
+    rc = main(["--root", str(tmp_path), "bench", "snapshot-time", "--backend", "zfs", "--sizes", "1M"])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1 and "zfs" in err and "choose from" in err
+
+
+def test_no_command_prints_help(capsys):
+    assert main([]) == 2
+    assert "usage" in capsys.readouterr().out
