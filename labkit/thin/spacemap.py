@@ -14,7 +14,7 @@ chunks to fresh metadata blocks at commit (see :mod:`labkit.thin.metadata`).
 >>> sm = SpaceMap(8)
 >>> b = sm.alloc(); sm.inc(b); sm.count(b)
 2
->>> sm.dec(b); sm.dec(b); sm.nr_free
+>>> _ = sm.dec(b); _ = sm.dec(b); sm.nr_free
 8
 """
 from __future__ import annotations
