@@ -133,3 +133,41 @@ def gc(root: str, *, everything: bool = False, dry_run: bool = False) -> list[st
         if dry_run:
             break
     return done
+
+
+def _labkit_processes(root: str, everything: bool) -> list[tuple[int, str]]:
+    out = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+        except OSError:
+            continue
+        if "labkit.thin.daemon" not in argv:
+            continue
+        pool = argv[argv.index("labkit.thin.daemon") + 1] if argv.index("labkit.thin.daemon") + 1 < len(argv) else ""
+        if everything or _inside(os.path.realpath(pool), root):
+            out.append((int(pid), " ".join(argv)))
+    return out
+
+
+def _kill(pid: int) -> None:
+    import signal
+    import time
+    try:
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(100):
+            os.kill(pid, 0)
+            time.sleep(0.02)
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+@collector
+def _processes(root: str, everything: bool) -> list[Leftover]:
+    """Thin pool daemons (FUSE) serving a pool inside the store."""
+    return [Leftover("process", str(pid), args, (lambda p=pid: _kill(p)))
+            for pid, args in _labkit_processes(root, everything)]

@@ -182,6 +182,8 @@ class PoolClient:
             fd = os.open(dev, os.O_RDONLY | os.O_CLOEXEC)
             try:
                 os.fsync(fd)
+            except OSError:
+                pass  # a write already failed (pool full): the error was reported to the writer
             finally:
                 os.close(fd)
             loop.detach(dev)
