@@ -10,6 +10,7 @@ exit 1; nothing half-made is left behind.
     labkit backends
     labkit gc [--all] [--dry-run]
     labkit bench snapshot-time --backend copy,overlay --sizes 16M,1G --repeat 5 --out data/st.csv
+    labkit bench thin-io --file-size 256M --repeat 3 --out data/thin-io.csv
     labkit thin check|status|ls|dump PATH
 """
 from __future__ import annotations
@@ -61,20 +62,27 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Run a benchmark, print its medians and save the tidy CSV."""
-    if args.name != "snapshot-time":
-        raise errors.InvalidArgument(f"benchmark {args.name!r}", "is unknown", fix="try snapshot-time")
-    from .experiments import save, snapshot_time
-    from .snapshots import backend_names
-    backends = args.backend.split(",") if args.backend else [_backend(args)]
-    for b in backends:
-        if b not in backend_names():
-            raise errors.InvalidArgument(f"backend {b!r}", "is unknown", fix=f"choose from {', '.join(backend_names())}")
+    from .experiments import save
     root = os.path.join(_root(args), "bench")
-    df = snapshot_time.run(backends, args.sizes.split(","), repeat=args.repeat, root=root,
-                           progress=not args.quiet)
-    table = snapshot_time.medians(df)
-    print("median seconds of prepare + mount (warm-up dropped):")
-    print(table.to_string(float_format=lambda x: f"{x:.4f}"))
+    if args.name == "snapshot-time":
+        from .experiments import snapshot_time
+        from .snapshots import backend_names
+        backends = args.backend.split(",") if getattr(args, "backend", None) else [_backend(args)]
+        for b in backends:
+            if b not in backend_names():
+                raise errors.InvalidArgument(f"backend {b!r}", "is unknown",
+                                             fix=f"choose from {', '.join(backend_names())}")
+        df = snapshot_time.run(backends, args.sizes.split(","), repeat=args.repeat, root=root,
+                               progress=not args.quiet)
+        print("median seconds of prepare + mount (warm-up dropped):")
+        print(snapshot_time.medians(df).to_string(float_format=lambda x: f"{x:.4f}"))
+    elif args.name == "thin-io":
+        from .experiments import thin_io
+        df = thin_io.run(root=root, file_size=args.file_size, repeat=args.repeat, progress=not args.quiet)
+        print("median MiB/s (warm-up dropped), thin = FUSE + loop + ext4, loop = plain loop file + ext4:")
+        print(thin_io.ratios(df).to_string(float_format=lambda x: f"{x:.2f}"))
+    else:
+        raise errors.InvalidArgument(f"benchmark {args.name!r}", "is unknown", fix="choose snapshot-time or thin-io")
     if args.out:
         csv, meta = save(df, args.out)
         print(f"wrote {csv} and {meta}")
@@ -98,9 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_gc)
 
     s = sub.add_parser("bench", help="run a benchmark and save tidy CSV")
-    s.add_argument("name", help="snapshot-time")
+    s.add_argument("name", help="snapshot-time or thin-io")
     s.add_argument("--backend", default=argparse.SUPPRESS, help="comma-separated backends (default: the best one here)")
     s.add_argument("--sizes", default="16M,256M,1G", help="comma-separated parent sizes (default 16M,256M,1G)")
+    s.add_argument("--file-size", default="256M", help="thin-io: size of the file written and read (default 256M)")
     s.add_argument("--repeat", type=int, default=5, help="measured repetitions after one warm-up (default 5)")
     s.add_argument("--out", help="CSV file to write (an environment JSON goes beside it)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")

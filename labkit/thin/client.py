@@ -140,7 +140,10 @@ class PoolClient:
             while True:
                 if self._sock is None and not self._connect():
                     return True
-                reply = self._call_raw("stop")
+                try:
+                    reply = self._call_raw("stop")
+                except errors.FailedPrecondition:  # it went away: stopped already
+                    break
                 if "error" not in reply:
                     break
                 # a just-detached loop device releases its file a moment later: let the daemon see it

@@ -82,9 +82,11 @@ class Daemon:
             with conn, conn.makefile("rwb") as f:
                 for line in f:
                     reply = self._handle(json.loads(line))
+                    stop = reply.pop("stop", False)
                     f.write(json.dumps(reply).encode() + b"\n")
                     f.flush()
-                    if reply.get("stop"):
+                    if stop:  # answer first: stopping ends the process soon after the FUSE loop returns
+                        self.stop()
                         break
         except (OSError, ValueError):
             pass
@@ -102,7 +104,6 @@ class Daemon:
                     raise errors.FailedPrecondition(
                         f"thin pool daemon for {self.pool_path}", f"has {self.fs.open_count()} open devices",
                         fix="unmount and detach them first (or labkit gc)")
-                self.stop()
                 return {"ok": None, "stop": True}
             if op in ("create_thin", "create_snap", "delete", "commit"):
                 result = getattr(self.pool, op)(*args)

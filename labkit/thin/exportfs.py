@@ -176,4 +176,4 @@ class PoolFS(mfusepy.Operations):
 def mount_options(pool_path: str) -> dict[str, Any]:
     """The mfusepy options labkit mounts with (the source names the pool, so gc can find it)."""
     return {"foreground": True, "fsname": f"labkit-thin:{os.path.abspath(pool_path)}", "subtype": "labkit-thin",
-            "direct_io": True, "default_permissions": True, "max_threads": 8}
+            "direct_io": False, "kernel_cache": True, "default_permissions": True, "max_threads": 8}

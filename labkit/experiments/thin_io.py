@@ -1,0 +1,156 @@
+"""Experiment ``thin-io``: I/O through a thin device (FUSE + loop + ext4) against a plain loop file.
+
+Both targets are ext4 on a loop device on the same disk, measured in the same run: ``thin`` is a thin
+snapshot of labkit's pool (its device file served by the FUSE daemon), ``loop`` a sparse file. Ops:
+
+* ``seq_write``: a file of ``file_size`` written in 1 MiB writes, then fsync (data reaches the device);
+* ``seq_read``: the same file read in 1 MiB ``O_DIRECT`` reads (no page cache: every read hits the device);
+* ``rand_write_4k``: ``random_ops`` 4 KiB ``O_DIRECT`` writes at random aligned offsets in that file, then
+  fsync.
+
+Columns: ``target, op, repeat, warmup, bytes, seconds, mib_per_s`` plus the host columns.
+
+>>> df = run(root="/var/tmp/lk-io", file_size="64M", repeat=2)          # doctest: +SKIP
+>>> df[~df.warmup].groupby(["op", "target"]).mib_per_s.median()         # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import mmap
+import os
+import random
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+import pandas as pd
+
+from .._sys import loop, mounts
+from ..snapshots import open_snapshotter
+from ..snapshots._fsutil import run as run_tool
+from ..snapshots.mount import unmount
+from ..units import parse_size
+from . import environment
+
+OPS = ("seq_write", "seq_read", "rand_write_4k")
+MIB = 1 << 20
+
+
+@contextmanager
+def _thin_target(base: str, size: int) -> Iterator[str]:
+    sn = open_snapshotter("thin", os.path.join(base, "thin"), data_size=max(4 * size, 1 << 30),
+                          base_size=max(2 * size, 256 * MIB))
+    target = os.path.join(base, "thin-mnt")
+    os.mkdir(target)
+    try:
+        with sn.prepare("io").mount(target):
+            yield target
+    finally:
+        try:
+            sn.remove("io")
+        finally:
+            sn.close()
+
+
+@contextmanager
+def _loop_target(base: str, size: int) -> Iterator[str]:
+    image = os.path.join(base, "plain.img")
+    with open(image, "wb") as f:
+        f.truncate(max(2 * size, 256 * MIB))
+    run_tool(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard", image],
+             f"loop file {image}")
+    target = os.path.join(base, "loop-mnt")
+    os.mkdir(target)
+    dev = loop.attach(image, name="labkit-bench-loop")
+    try:
+        mounts.mount(dev, target, "ext4", 0, None)
+        loop.set_autoclear(dev)
+    except BaseException:
+        loop.detach(dev)
+        raise
+    try:
+        yield target
+    finally:
+        unmount(target)
+
+
+def _seq_write(path: str, size: int, block: bytes) -> float:
+    t0 = time.perf_counter()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for off in range(0, size, MIB):
+            os.write(fd, block)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return time.perf_counter() - t0
+
+
+def _seq_read(path: str, size: int) -> float:
+    buf = mmap.mmap(-1, MIB)
+    t0 = time.perf_counter()
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    try:
+        while os.readv(fd, [buf]) > 0:
+            pass
+    finally:
+        os.close(fd)
+    return time.perf_counter() - t0
+
+
+def _rand_write(path: str, size: int, n: int, rng: random.Random) -> float:
+    buf = mmap.mmap(-1, 4096)
+    buf.write(rng.randbytes(4096))
+    offsets = [rng.randrange(size // 4096) * 4096 for _ in range(n)]
+    t0 = time.perf_counter()
+    fd = os.open(path, os.O_WRONLY | os.O_DIRECT)
+    try:
+        for off in offsets:
+            os.pwritev(fd, [buf], off)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return time.perf_counter() - t0
+
+
+def run(*, root: str, file_size: int | str = "256M", random_ops: int = 4000, repeat: int = 3,
+        progress: bool = True) -> pd.DataFrame:
+    """Measure every op on both targets ``repeat`` times after one warm-up; returns the tidy DataFrame."""
+    size = parse_size(file_size, what="file_size") // MIB * MIB
+    os.makedirs(root, exist_ok=True)
+    env = environment(root)
+    rng = random.Random(42)
+    block = rng.randbytes(MIB)
+    rows = []
+    from tqdm.auto import tqdm
+    bar = tqdm(total=2 * (repeat + 1) * len(OPS), disable=not progress, unit="op", leave=False)
+    base = tempfile.mkdtemp(prefix="thin-io-", dir=root)
+    try:
+        for name, ctx in (("loop", _loop_target), ("thin", _thin_target)):
+            with ctx(base, size) as target:
+                path = os.path.join(target, "file")
+                for r in range(repeat + 1):
+                    for op in OPS:
+                        bar.set_description(f"{name} {op}")
+                        if op == "seq_write":
+                            secs, nbytes = _seq_write(path, size, block), size
+                        elif op == "seq_read":
+                            secs, nbytes = _seq_read(path, size), size
+                        else:
+                            secs, nbytes = _rand_write(path, size, random_ops, rng), random_ops * 4096
+                        rows.append({"target": name, "op": op, "repeat": r, "warmup": r == 0, "bytes": nbytes,
+                                     "seconds": secs, "mib_per_s": nbytes / MIB / secs,
+                                     **{k: env[k] for k in ("kernel", "store_fs", "labkit_version", "cpu_model")}})
+                        bar.update(1)
+    finally:
+        bar.close()
+        shutil.rmtree(base, ignore_errors=True)
+    return pd.DataFrame(rows)
+
+
+def ratios(df: pd.DataFrame) -> pd.DataFrame:
+    """Median MiB/s per op and target (warm-up dropped) and the ratio thin / loop."""
+    d = df[~df.warmup].groupby(["op", "target"]).mib_per_s.median().unstack("target")
+    d["thin_vs_loop"] = d["thin"] / d["loop"]
+    return d.reindex([o for o in OPS if o in d.index])
