@@ -11,7 +11,8 @@ Layout under the backend root: ``pool/`` (data, metadata, the daemon's control s
 ``dev/`` (the FUSE mount: one file per device). Device ids are the snapshots' metadata ids; the base is 0.
 
 Usage is exact at the block level: the pool's exclusive blocks of the device times the block size
-(thin_ls's EXCLUSIVE_BLOCKS). Inodes are not visible at the block layer, so ``inodes`` is 0.
+(thin_ls's EXCLUSIVE_BLOCKS). Inodes are not visible at the block layer; ``inodes`` is the number of
+inodes the snapshot's ext4 uses beyond its parent's (statfs while mounted, the superblock otherwise).
 
 >>> sn = open_snapshotter("thin", "/tmp/lk-thin", data_size="4G")     # doctest: +SKIP
 >>> sn.prepare("c1").source                                            # doctest: +SKIP
@@ -152,7 +153,23 @@ class ThinSnapshotter(BaseSnapshotter):
         assert self.client is not None
         u = self.client.call("usage", row.state["dev"])
         bs = parse_size(self.block_size)
-        return Usage(u["exclusive_blocks"] * bs, 0)
+        parent = chain[0].state["dev"] if chain else BASE_DEV
+        inodes = max(0, self._used_inodes(row.state["dev"]) - self._used_inodes(parent))
+        return Usage(u["exclusive_blocks"] * bs, inodes)
+
+    def _used_inodes(self, dev_id: int) -> int:
+        """Inodes in use on the device's ext4: live from statfs when mounted, else from its superblock."""
+        assert self.client is not None
+        loopdev = self.client.loop_of(dev_id)
+        if loopdev:
+            for m in sysmount.mountinfo():
+                if m.source == loopdev:
+                    st = os.statvfs(m.target)
+                    return st.f_files - st.f_ffree
+        with open(self.client.device_file(dev_id), "rb") as f:
+            sb = f.read(2048)[1024:]
+        total, free = int.from_bytes(sb[0:4], "little"), int.from_bytes(sb[16:20], "little")
+        return total - free
 
     # -- extras ------------------------------------------------------------------------------------
     def pool_status(self) -> str:
