@@ -5,7 +5,9 @@ whiteouts) and ``work`` (overlayfs's workdir). An active snapshot mounts ``overl
 ``lowerdir+`` entries (nearest first) through the new mount API, so the one-page limit of mount(2)'s
 option string does not apply; a snapshot without parent is a plain bind mount, as in containerd.
 ``redirect_dir=on`` lets a directory from a lower layer be renamed in place (without it rename(2)
-fails with EXDEV and only ``mv``'s copy fallback works, as on Docker's overlay2).
+fails with EXDEV and only ``mv``'s copy fallback works, as on Docker's overlay2). ``index=on`` keeps the
+names of a hard-linked lower file together when one is written; at commit, the other names are linked
+into the layer, since a committed layer has no index (Docker's overlay2 breaks such links).
 
 The kernel stacks at most 500 lower layers. ``max_layers`` (default 250) bounds the chain: committing a
 snapshot that would give its children more lower layers than that **flattens** it — its ``fs`` becomes
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
 from typing import Any
 
@@ -83,15 +86,92 @@ class OverlaySnapshotter(BaseSnapshotter):
             return Mount("bind", self.path(row, "fs"))
         return Mount("overlay", f"labkit-overlay-{row.id}",
                      (*(f"lowerdir+={d}" for d in lowers), f"upperdir={self.path(row, 'fs')}",
-                      f"workdir={self.path(row, 'work')}", "redirect_dir=on", "index=off"))
+                      f"workdir={self.path(row, 'work')}", "redirect_dir=on", "index=on"))
 
     def _commit(self, row: Row, chain: list[Row]) -> dict[str, Any] | None:
-        shutil.rmtree(self.path(row, "work"), ignore_errors=True)
         lowers = self._layers(chain)
+        self._complete_hardlinks(row, lowers)
+        shutil.rmtree(self.path(row, "work"), ignore_errors=True)
         if len(lowers) + 1 <= self.max_layers:
             return None
         self._flatten(row, lowers)
         return {**row.state, "flat": True}
+
+    def _complete_hardlinks(self, row: Row, lowers: list[str]) -> None:
+        """Give the layer every name of a hard-linked lower file that was copied up.
+
+        With ``index=on`` the kernel copies up only the name that was written (say ``g``) and finds the
+        other names (``f``, ``sub/h``) through ``work/index`` while mounted. A committed layer has no index,
+        so those names would show the stale lower file: link them into the upper layer now.
+        """
+        index = self.path(row, "work", "index")
+        try:
+            entries = os.listdir(index)
+        except FileNotFoundError:
+            return
+        wanted = set()
+        for e in entries:
+            st = os.lstat(os.path.join(index, e))
+            if st.st_nlink > 1 and stat.S_ISREG(st.st_mode):  # not the shared whiteout of removed aliases
+                wanted.add(st.st_ino)
+        if not wanted or not lowers:
+            return
+        upper = self.path(row, "fs")
+        upper_of: dict[int, str] = {}
+        for dirpath, dirnames, filenames in os.walk(upper):
+            for name in filenames:
+                p = os.path.join(dirpath, name)
+                st = os.lstat(p)
+                if st.st_ino in wanted and stat.S_ISREG(st.st_mode):
+                    upper_of.setdefault(st.st_ino, os.path.relpath(p, upper))
+        if not upper_of:
+            return
+        merged = (Mount("bind", lowers[0], ("ro",)) if len(lowers) == 1 else
+                  Mount("overlay", f"labkit-overlay-{row.id}-links",
+                        ("ro", *(f"lowerdir+={d}" for d in lowers), "redirect_dir=follow")))
+        target = tempfile.mkdtemp(prefix="links-", dir=self.path(row))
+        try:
+            with merged.mount(target):
+                origin = {}  # lower (dev, ino) -> the upper copy
+                for rel in upper_of.values():
+                    try:
+                        st = os.lstat(os.path.join(target, rel))
+                    except FileNotFoundError:
+                        continue
+                    if st.st_nlink > 1:
+                        origin[(st.st_dev, st.st_ino)] = rel
+                for dirpath, dirnames, filenames in os.walk(target):
+                    for name in filenames:
+                        p = os.path.join(dirpath, name)
+                        st = os.lstat(p)
+                        src = origin.get((st.st_dev, st.st_ino))
+                        rel = os.path.relpath(p, target)
+                        if src is None or rel == src or os.path.lexists(os.path.join(upper, rel)):
+                            continue
+                        self._copy_up_dirs(target, upper, os.path.dirname(rel))
+                        os.link(os.path.join(upper, src), os.path.join(upper, rel))
+        finally:
+            os.rmdir(target)
+        # the copies are now plain hard links of this layer: drop the kernel's bookkeeping of their lower
+        # origin and link count, or a child mounted with index=on would count the aliases wrong
+        for rel in upper_of.values():
+            for attr in ("trusted.overlay.origin", "trusted.overlay.nlink"):
+                try:
+                    os.removexattr(os.path.join(upper, rel), attr, follow_symlinks=False)
+                except OSError:
+                    pass
+
+    @staticmethod
+    def _copy_up_dirs(view: str, upper: str, rel: str) -> None:
+        """Create ``rel``'s directories in the upper layer with the lower's mode and owner."""
+        parts = [p for p in rel.split(os.sep) if p]
+        for i in range(1, len(parts) + 1):
+            d = os.path.join(upper, *parts[:i])
+            if not os.path.lexists(d):
+                st = os.stat(os.path.join(view, *parts[:i]))
+                os.mkdir(d, st.st_mode & 0o7777)
+                os.chown(d, st.st_uid, st.st_gid)
+                os.utime(d, ns=(st.st_atime_ns, st.st_mtime_ns))
 
     def _flatten(self, row: Row, lowers: list[str]) -> None:
         """Replace ``row``'s upper layer with the merged content of it and its lowers."""
