@@ -9,7 +9,9 @@ exit 1; nothing half-made is left behind.
     labkit --version
     labkit backends
     labkit gc [--all] [--dry-run]
+    labkit bench --list
     labkit bench snapshot-time --backend copy,overlay --sizes 16M,1G --repeat 5 --out data/st.csv
+    labkit bench space-vs-containers --param containers=10 --param write=4M
     labkit bench thin-io --file-size 256M --repeat 3 --out data/thin-io.csv
     labkit thin check|status|ls|dump PATH
 """
@@ -61,31 +63,36 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    """Run a benchmark, print its medians and save the tidy CSV."""
-    from .experiments import save
+    """Run an experiment with a progress bar, print its summary and save the tidy CSV (+ JSON)."""
+    from .experiments import framework
+    if args.list or not args.name:
+        for name in framework.names():
+            print(framework.get(name).describe())
+        return 0
+    exp = framework.get(args.name)
+    params: dict[str, object] = {}
+    for item in args.param or []:
+        k, sep, v = item.partition("=")
+        if not sep:
+            raise errors.InvalidArgument(f"--param {item!r}", "is not key=value", fix="write e.g. --param size=16M,1G")
+        params[k.strip().replace("-", "_")] = v
+    # shorthands kept from the first version of the command
+    if getattr(args, "backend", None):
+        params["backend"] = args.backend
+    if args.sizes:
+        params["size"] = args.sizes
+    if args.file_size:
+        params["file_size"] = args.file_size
+    for k, v in list(params.items()):
+        p = exp.param(k)
+        if isinstance(v, str) and p.sweep:
+            params[k] = v.split(",")
     root = os.path.join(_root(args), "bench")
-    if args.name == "snapshot-time":
-        from .experiments import snapshot_time
-        from .snapshots import backend_names
-        backends = args.backend.split(",") if getattr(args, "backend", None) else [_backend(args)]
-        for b in backends:
-            if b not in backend_names():
-                raise errors.InvalidArgument(f"backend {b!r}", "is unknown",
-                                             fix=f"choose from {', '.join(backend_names())}")
-        df = snapshot_time.run(backends, args.sizes.split(","), repeat=args.repeat, root=root,
-                               progress=not args.quiet)
-        print("median seconds of prepare + mount (warm-up dropped):")
-        print(snapshot_time.medians(df).to_string(float_format=lambda x: f"{x:.4f}"))
-    elif args.name == "thin-io":
-        from .experiments import thin_io
-        df = thin_io.run(root=root, file_size=args.file_size, repeat=args.repeat, progress=not args.quiet)
-        print("median MiB/s (warm-up dropped), thin = FUSE + loop + ext4, loop = plain loop file + ext4:")
-        print(thin_io.ratios(df).to_string(float_format=lambda x: f"{x:.2f}"))
-    else:
-        raise errors.InvalidArgument(f"benchmark {args.name!r}", "is unknown", fix="choose snapshot-time or thin-io")
-    if args.out:
-        csv, meta = save(df, args.out)
-        print(f"wrote {csv} and {meta}")
+    df = framework.run(args.name, repeat=args.repeat, root=root, progress=not args.quiet, **params)
+    print(f"{exp.name}: {exp.title} (medians, warm-up dropped)")
+    print(exp.summarize(df).to_string(float_format=lambda x: f"{x:.4g}"))
+    out = framework.save(df, args.out)
+    print("wrote " + " and ".join(out.values()))
     return 0
 
 
@@ -105,13 +112,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dry-run", action="store_true", help="only say what would be released")
     s.set_defaults(func=cmd_gc)
 
-    s = sub.add_parser("bench", help="run a benchmark and save tidy CSV")
-    s.add_argument("name", help="snapshot-time or thin-io")
-    s.add_argument("--backend", default=argparse.SUPPRESS, help="comma-separated backends (default: the best one here)")
-    s.add_argument("--sizes", default="16M,256M,1G", help="comma-separated parent sizes (default 16M,256M,1G)")
-    s.add_argument("--file-size", default="256M", help="thin-io: size of the file written and read (default 256M)")
+    s = sub.add_parser("bench", help="run an experiment and save tidy CSV (see --list)")
+    s.add_argument("name", nargs="?", help="experiment name (labkit bench --list)")
+    s.add_argument("--list", action="store_true", help="list experiments and their parameters")
+    s.add_argument("--param", action="append", metavar="K=V", help="set a parameter (lists: K=a,b,c)")
+    s.add_argument("--backend", default=argparse.SUPPRESS, help="shorthand for --param backend=... (comma-separated)")
+    s.add_argument("--sizes", help="shorthand for --param size=... (snapshot-time)")
+    s.add_argument("--file-size", help="shorthand for --param file_size=... (thin-io)")
     s.add_argument("--repeat", type=int, default=5, help="measured repetitions after one warm-up (default 5)")
-    s.add_argument("--out", help="CSV file to write (an environment JSON goes beside it)")
+    s.add_argument("--out", help="CSV file to write (default data/results/<name>-<time>.csv; JSON beside it)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_bench)
 

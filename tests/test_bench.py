@@ -1,13 +1,45 @@
-"""The snapshot-time benchmark yields tidy rows (its times are printed, never asserted)."""
+"""Experiments: the framework (parameters, grid, executors, save/load) and each built-in on small sizes.
+
+Times are never asserted; space and correctness are.
+"""
 from __future__ import annotations
+
+import concurrent.futures as cf
 
 import pytest
 
-from labkit.experiments import load, save, snapshot_time
+from labkit import errors
+from labkit.experiments import framework, snapshot_time
+from labkit.experiments.framework import Param
+
+MiB = 1 << 20
+
+
+def test_param_conversion_and_errors():
+    p = Param("size", "size", "1M", sweep=True)
+    assert p.convert("64K") == 65536
+    with pytest.raises(errors.InvalidArgument, match="size"):
+        p.convert("lots")
+    c = Param("backend", "choice", "copy", choices=("copy", "thin"))
+    with pytest.raises(errors.InvalidArgument, match="choose from copy, thin"):
+        c.convert("zfs")
+    n = Param("n", "int", 1, min=1, max=3)
+    with pytest.raises(errors.InvalidArgument, match="outside"):
+        n.convert(9)
+
+
+def test_grid_expands_sweeps_and_rejects_unknown():
+    exp = framework.get("snapshot-time")
+    grid = framework.cases(exp, {"backend": ["copy", "thin"], "size": "1M,2M"})
+    assert len(grid) == 4 and {"backend": "copy", "size": MiB} in grid
+    with pytest.raises(errors.InvalidArgument, match="its parameters are"):
+        framework.cases(exp, {"nope": 1})
+    with pytest.raises(errors.NotFound, match="bench --list"):
+        framework.get("no-such-experiment")
 
 
 @pytest.mark.root
-def test_snapshot_time_rows(tmp_path):
+def test_snapshot_time_rows_and_save_load(tmp_path):
     df = snapshot_time.run(["copy", "overlay"], ["256K", "1M"], repeat=2, root=str(tmp_path), progress=False)
     assert {"backend", "parent_bytes", "phase", "repeat", "seconds", "kernel", "store_fs", "warmup"} <= set(df.columns)
     assert set(df.phase) == set(snapshot_time.PHASES)
@@ -15,6 +47,39 @@ def test_snapshot_time_rows(tmp_path):
     assert (df.seconds > 0).all() and df.warmup.sum() == 2 * 2 * len(snapshot_time.PHASES)
     table = snapshot_time.medians(df)
     assert list(table.index) == ["copy", "overlay"] and list(table.columns) == ["256 KiB", "1 MiB"]
-    csv, meta = save(df, str(tmp_path / "out" / "st.csv"))
-    assert len(load(csv)) == len(df)
-    assert not list(tmp_path.glob("bench-*"))
+    out = framework.save(df, str(tmp_path / "out" / "st.csv"))
+    back = framework.load(out["csv"])
+    assert len(back) == len(df) and back.attrs["experiment"] == "snapshot-time"
+    assert back.attrs["environment"]["kernel"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(("copy-", "overlay-"))]
+
+
+@pytest.mark.root
+def test_cases_run_on_an_executor(tmp_path):
+    with cf.ThreadPoolExecutor(2) as ex:
+        df = framework.run("commit-cost", repeat=1, root=str(tmp_path), progress=False, executor=ex,
+                           backend=["copy", "overlay"], changed="256K", image_size="1M")
+    assert sorted(df.backend.unique()) == ["copy", "overlay"]
+    assert (df.bytes_added >= 256 << 10).all()
+
+
+@pytest.mark.root
+def test_space_vs_containers_shows_sharing(tmp_path):
+    df = framework.run("space-vs-containers", repeat=1, root=str(tmp_path), progress=False,
+                       backend=["copy", "thin"], containers=4, write="1M", image_size="8M")
+    last = df[~df.warmup & (df.containers == 4)].set_index("backend").bytes_added
+    assert last["copy"] >= 4 * 8 * MiB           # every container copies the whole image
+    assert last["thin"] < 4 * 3 * MiB            # only what each wrote (plus ext4 metadata)
+    assert last["thin"] >= 4 * MiB
+
+
+@pytest.mark.root
+def test_block_size_and_pool_exhaustion(tmp_path):
+    df = framework.run("block-size", repeat=1, root=str(tmp_path), progress=False,
+                       block_size=["64K", "1M"], image_size="8M", writes=50)
+    d = df[~df.warmup].set_index("block_bytes")
+    assert d.loc[1 << 20, "bytes_exclusive"] > d.loc[64 << 10, "bytes_exclusive"]  # bigger blocks copy more
+    ex = framework.run("pool-exhaustion", repeat=1, root=str(tmp_path), progress=False,
+                       pool_size="96M", containers=2, image_size="4M")
+    assert ex.image_intact.all() and ex.pool_ok_after.all()
+    assert (ex.error != "").all()                # every writer hit the full pool
