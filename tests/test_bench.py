@@ -83,3 +83,18 @@ def test_block_size_and_pool_exhaustion(tmp_path):
                        pool_size="96M", containers=2, image_size="4M")
     assert ex.image_intact.all() and ex.pool_ok_after.all()
     assert (ex.error != "").all()                # every writer hit the full pool
+
+
+def test_every_experiment_has_a_plot():
+    from labkit.plots import PLOTS
+    assert set(framework.names()) <= set(PLOTS)
+
+
+@pytest.mark.root
+def test_plot_of_a_real_run(tmp_path):
+    from labkit.plots import plot
+    df = framework.run("snapshot-time", repeat=1, root=str(tmp_path), progress=False, backend="copy",
+                       size=["256K", "1M"])
+    fig = plot(df)
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log" and "seconds" in ax.get_ylabel() and ax.get_lines()
