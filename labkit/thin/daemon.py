@@ -5,7 +5,8 @@ own session). It
 
 * opens the pool (nobody else may while it runs: a pool has one writer, as dm-thin has one kernel);
 * serves a small JSON-lines protocol on the unix socket ``POOL/control.sock`` — ``ping``, ``create_thin``,
-  ``create_snap``, ``delete``, ``devices``, ``usage``, ``status``, ``commit``, ``block_map``, ``check``,
+  ``create_snap``, ``delete``, ``devices``, ``usage``, ``status``, ``commit``, ``mappings``, ``block_map``,
+  ``check``, ``size``,
   ``stop`` — answering ``{"ok": result}`` or ``{"error": {"type": ..., "message": ...}}``;
 * mounts :class:`labkit.thin.exportfs.PoolFS` at MOUNTPOINT and runs the FUSE loop in the main thread;
 * stops by itself once no device file is open (no loop device attached) and no client is connected for
@@ -119,6 +120,8 @@ class Daemon:
             if op == "status":
                 st = self.pool.status()
                 return {"ok": {"line": str(st), **dataclasses.asdict(st)}}
+            if op == "mappings":  # compact: only mapped blocks, [virtual block, data block]
+                return {"ok": [[vb, db] for vb, db, _ in self.pool.mappings(*args)]}
             if op == "block_map":
                 return {"ok": [list(b) for b in self.pool.block_map(*args)]}
             if op == "check":

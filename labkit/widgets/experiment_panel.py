@@ -1,0 +1,152 @@
+"""``ExperimentPanel``: controls generated from an experiment's parameters, a Run button, a progress bar,
+and a plot and a table that update as each case finishes. The run happens in a thread, so the kernel
+stays responsive; ``panel.results`` is the DataFrame so far.
+
+>>> from labkit.widgets import ExperimentPanel
+>>> panel = ExperimentPanel("space-vs-containers", root="/var/tmp/labkit-bench")   # doctest: +SKIP
+>>> panel                                   # shows the controls in a notebook      # doctest: +SKIP
+>>> panel.run(wait=True); panel.results.head()                                      # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import os
+import threading
+import traceback
+from typing import Any
+
+import ipywidgets as w
+import pandas as pd
+from IPython.display import display
+
+from ..experiments import framework
+from ..experiments.framework import Param
+from ..units import format_size
+
+
+def _control(p: Param) -> w.Widget:
+    desc = p.name.replace("_", " ")
+    style = {"description_width": "110px"}
+    layout = w.Layout(width="420px")
+    if p.type == "choice" and p.sweep:
+        default = p.default if isinstance(p.default, (list, tuple)) else [p.default]
+        return w.SelectMultiple(options=list(p.choices or ()), value=tuple(default), description=desc,
+                                rows=min(6, len(p.choices or ())), style=style, layout=layout, tooltip=p.help)
+    if p.type == "choice":
+        return w.Dropdown(options=list(p.choices or ()), value=p.default, description=desc, style=style, layout=layout)
+    if p.type == "bool":
+        return w.Checkbox(value=bool(p.default), description=desc, style=style)
+    if p.type == "int" and not p.sweep and p.min is not None and p.max is not None:
+        return w.IntSlider(value=int(p.default), min=int(p.min), max=int(p.max), description=desc, style=style,
+                           layout=layout)
+    if p.type == "int" and not p.sweep:
+        return w.BoundedIntText(value=int(p.default), min=int(p.min or 0), max=int(p.max or 10**9),
+                                description=desc, style=style, layout=layout)
+    value = p.default
+    if isinstance(value, (list, tuple)):
+        value = ",".join(map(str, value))
+    placeholder = "e.g. 16M,256M,1G" if p.type == "size" else ""
+    return w.Text(value=str(value), description=desc, placeholder=placeholder, style=style, layout=layout,
+                  tooltip=p.help)
+
+
+def _value(p: Param, control: w.Widget) -> Any:
+    v = control.value
+    if isinstance(v, tuple):
+        return list(v)
+    if isinstance(v, str) and p.sweep:
+        return [x.strip() for x in v.split(",") if x.strip()]
+    return v
+
+
+class ExperimentPanel(w.VBox):
+    """A panel for experiment ``name``; display it in a notebook, or drive it from code."""
+
+    def __init__(self, name: str, *, root: str | None = None, repeat: int = 3, **defaults: Any) -> None:
+        self.experiment = framework.get(name)
+        self.root = root or os.path.join(os.environ.get("LABKIT_ROOT", "/var/lib/labkit"), "bench")
+        self.controls: dict[str, w.Widget] = {}
+        for p in self.experiment.params:
+            c = _control(p)
+            if p.name in defaults:
+                d = defaults[p.name]
+                c.value = (tuple(d) if isinstance(c, w.SelectMultiple) else
+                           ",".join(map(str, d)) if isinstance(c, w.Text) and isinstance(d, (list, tuple)) else
+                           str(d) if isinstance(c, w.Text) else d)
+            self.controls[p.name] = c
+        self.repeat = w.IntSlider(value=repeat, min=1, max=20, description="repeat", style={"description_width": "110px"})
+        self.button = w.Button(description="Run", button_style="primary", icon="play")
+        self.progress = w.IntProgress(value=0, min=0, max=1, description="idle", style={"description_width": "110px"})
+        self.status = w.HTML()
+        self.plot_out = w.Output()
+        self.table_out = w.Output()
+        self.results = pd.DataFrame()
+        self._thread: threading.Thread | None = None
+        self.button.on_click(lambda _: self.run())
+        title = w.HTML(f"<b>{self.experiment.name}</b>: {self.experiment.title}")
+        super().__init__([title, *self.controls.values(), self.repeat, w.HBox([self.button, self.progress]),
+                          self.status, w.Tab(children=[self.plot_out, self.table_out],
+                                             titles=("plot", "table"))])
+
+    def params(self) -> dict[str, Any]:
+        """The parameters as the controls say now (checked: a bad value raises InvalidArgument)."""
+        params = {p.name: _value(p, self.controls[p.name]) for p in self.experiment.params}
+        framework.cases(self.experiment, params)  # validates
+        return params
+
+    def run(self, *, wait: bool = False) -> None:
+        """Start a run in a thread (the button does this); ``wait=True`` blocks until it ends."""
+        if self._thread and self._thread.is_alive():
+            self.status.value = "already running"
+            return
+        try:
+            params = self.params()
+        except Exception as e:  # a bad control value: say so next to the button
+            self.status.value = f"<span style='color:#b00'>{e}</span>"
+            return
+        self._thread = threading.Thread(target=self._run, args=(params,), daemon=True)
+        self._thread.start()
+        if wait:
+            self._thread.join()
+
+    def _run(self, params: dict[str, Any]) -> None:
+        exp = self.experiment
+        grid = framework.cases(exp, params)
+        repeat = self.repeat.value
+        self.button.disabled = True
+        self.progress.max = max(1, len(grid))
+        self.progress.value = 0
+        self.progress.description = "running"
+        self.results = pd.DataFrame()
+        try:
+            for case in grid:
+                self.status.value = "running " + ", ".join(f"{k}={_fmt(v)}" for k, v in case.items())
+                df = framework.run(exp.name, repeat=repeat, root=self.root, progress=False, **case)
+                self.results = pd.concat([self.results, df], ignore_index=True)
+                self.results.attrs.update(df.attrs)
+                self.results.attrs["experiment"] = exp.name
+                self.progress.value += 1
+                self._show()
+            self.status.value = f"done: {len(self.results)} rows"
+            self.progress.description = "done"
+        except Exception as e:
+            self.status.value = f"<span style='color:#b00'>failed: {e}</span>"
+            self.progress.bar_style = "danger"
+            self._error = traceback.format_exc()
+        finally:
+            self.button.disabled = False
+
+    def _show(self) -> None:
+        from .. import plots
+        import matplotlib.pyplot as plt
+        self.plot_out.clear_output(wait=True)
+        with self.plot_out:
+            fig = plots.plot(self.results, self.experiment.name)
+            display(fig)
+            plt.close(fig)
+        self.table_out.clear_output(wait=True)
+        with self.table_out:
+            display(self.experiment.summarize(self.results))
+
+
+def _fmt(v: Any) -> str:
+    return format_size(v) if isinstance(v, int) and v >= 4096 else str(v)
