@@ -15,6 +15,7 @@ and the host as columns, and returns one DataFrame.
 >>> df = run("square", repeat=2, progress=False, x=[1, 3])
 >>> sorted(df[~df.warmup].value.unique().tolist())
 [1, 9]
+>>> from labkit.experiments.framework import REGISTRY; del REGISTRY["square"]   # keep the registry clean
 """
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from .. import errors
 from .._sys import loop
-from .daemon import SOCKET
+from .daemon import socket_address
 
 
 def _error(err: dict[str, Any]) -> Exception:
@@ -54,7 +54,7 @@ class PoolClient:
     def _connect(self) -> bool:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            s.connect(os.path.join(self.pool_path, SOCKET))
+            s.connect(socket_address(self.pool_path))
         except (FileNotFoundError, ConnectionRefusedError):
             s.close()
             return False
@@ -151,8 +151,10 @@ class PoolClient:
                     return False
                 time.sleep(0.02)
             self._close_sock()
-        while os.path.exists(os.path.join(self.pool_path, SOCKET)) and time.monotonic() < deadline:
+        while self._connect() and time.monotonic() < deadline:  # the address goes when the process does
+            self._close_sock()
             time.sleep(0.01)
+        self._close_sock()
         return True
 
     # -- loop devices -------------------------------------------------------------------------

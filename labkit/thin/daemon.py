@@ -4,7 +4,7 @@ Run as ``python -m labkit.thin.daemon POOL MOUNTPOINT`` (the client starts it on
 own session). It
 
 * opens the pool (nobody else may while it runs: a pool has one writer, as dm-thin has one kernel);
-* serves a small JSON-lines protocol on the unix socket ``POOL/control.sock`` — ``ping``, ``create_thin``,
+* serves a small JSON-lines protocol on an abstract unix socket named after the pool — ``ping``, ``create_thin``,
   ``create_snap``, ``delete``, ``devices``, ``usage``, ``status``, ``commit``, ``mappings``, ``block_map``,
   ``check``, ``size``,
   ``stop`` — answering ``{"ok": result}`` or ``{"error": {"type": ..., "message": ...}}``;
@@ -40,7 +40,12 @@ from .exportfs import PoolFS, mount_options
 from .pool import Pool
 
 log = logging.getLogger("labkit.thin.daemon")
-SOCKET = "control.sock"
+
+
+def socket_address(pool_path: str) -> str:
+    """The daemon's abstract unix socket (Linux): no file, no 108-byte path limit, gone when it dies."""
+    import hashlib
+    return "\0labkit-thin-" + hashlib.sha1(os.path.abspath(pool_path).encode()).hexdigest()[:20]
 
 
 class Daemon:
@@ -56,7 +61,7 @@ class Daemon:
         self.clients = 0
         self._clients_lock = threading.Lock()
         self.fs = PoolFS(self.pool, on_ready=self.ready.set)
-        self.sock_path = os.path.join(self.pool_path, SOCKET)
+        self.sock_path = socket_address(self.pool_path)
 
     # -- control server -----------------------------------------------------------------------
     def _serve(self, server: socket.socket) -> None:
@@ -153,13 +158,13 @@ class Daemon:
     def run(self) -> int:
         """Serve until stopped; returns the exit code."""
         _set_name(b"labkit-thin")
-        try:
-            os.unlink(self.sock_path)
-        except FileNotFoundError:
-            pass
         server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        server.bind(self.sock_path)
-        os.chmod(self.sock_path, 0o600)
+        try:
+            server.bind(self.sock_path)
+        except OSError as e:  # EADDRINUSE: another daemon already serves this pool
+            print(f"labkit-thin: pool {self.pool_path} already has a daemon ({e.strerror})", file=sys.stderr)
+            self.pool.close()
+            return 1
         server.listen(16)
         t = threading.Thread(target=self._serve, args=(server,), daemon=True, name="control")
         t.start()
@@ -171,10 +176,6 @@ class Daemon:
             self.stopping.set()
             t.join(timeout=2)
             server.close()
-            try:
-                os.unlink(self.sock_path)
-            except FileNotFoundError:
-                pass
             self.pool.close()
         return 0
 
