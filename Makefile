@@ -7,10 +7,27 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := btrfs-progs xfsprogs e2fsprogs util-linux thin-provisioning-tools busybox-static fuse3 libfuse3-3 kmod
 PYTEST_ARGS ?=
 
-.PHONY: test setup apt venv clean-venv gc
+RESULTS ?= data/results
+REPORT_ARGS ?=
+
+.PHONY: test report lab setup apt venv clean-venv gc
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Measure this machine and write an HTML report plus the CSVs it is drawn from (REPORT_ARGS="-p quick True" for a short run)
+report: setup
+	@mkdir -p $(RESULTS)
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	$(PY) -m papermill --no-progress-bar notebooks/report.ipynb $(RESULTS)/report.ipynb -p results $(RESULTS) $(REPORT_ARGS)
+	$(PY) -m nbconvert --to html --no-input --log-level WARN $(RESULTS)/report.ipynb --output report.html
+	@echo "report: $(RESULTS)/report.html"; echo "results:"; ls -1 $(RESULTS)/*.csv | sed 's/^/  /'
+
+# JupyterLab on notebooks/, on 127.0.0.1 only; it prints its URL with the token
+lab: setup
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,lab]'
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	$(VENV)/bin/jupyter lab --ip 127.0.0.1 --no-browser --allow-root --notebook-dir notebooks
 
 setup: apt venv
 

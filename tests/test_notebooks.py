@@ -15,7 +15,7 @@ SMALL = {
     "02-images-as-snapshots.ipynb": {"image_mib": 4, "write_mib": 1, "containers": 2},
     "04-thin-provisioning.ipynb": {"sizes": ["4M", "64M"], "repeat": 2, "containers": 3, "write": "1M"},
     "05-backends-compared.ipynb": {"size": "16M", "repeat": 1},
-    "report.ipynb": {"quick": True, "sizes": ["4M", "32M"], "repeat": 1, "containers": 2},
+    "report.ipynb": {"quick": True},
 }
 
 
