@@ -84,6 +84,13 @@ def _mounts(root: str, everything: bool) -> list[Leftover]:
 
 
 @collector
+def _device_mapper(root: str, everything: bool) -> list[Leftover]:
+    """dm-thin devices of the dmthin backend (before the loop devices under them)."""
+    from .snapshots.dmthin import _dm_leftovers
+    return _dm_leftovers(root, everything)
+
+
+@collector
 def _loops(root: str, everything: bool) -> list[Leftover]:
     out = []
     for lp in loop.list_loops():
