@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-import matplotlib
+
 
 
 import matplotlib.pyplot as plt  # noqa: E402

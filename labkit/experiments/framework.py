@@ -138,7 +138,7 @@ def get(name: str) -> Experiment:
     """The experiment called ``name`` (built-ins are loaded on first use)."""
     _load_builtins()
     if name not in REGISTRY:
-        raise errors.NotFound(f"experiment {name!r}", fix=f"list them with `labkit bench --list`")
+        raise errors.NotFound(f"experiment {name!r}", fix="list them with `labkit bench --list`")
     return REGISTRY[name]
 
 

@@ -153,3 +153,25 @@ def run(cmd: list[str], what: str) -> str:
         msg = (res.stderr or res.stdout).strip().splitlines()
         raise errors.LabkitError(what, f"{cmd[0]} failed: {msg[-1] if msg else 'exit ' + str(res.returncode)}")
     return res.stdout
+
+
+def make_base_ext4(dev: str, scratch: str, *, what: str, discard: bool = False) -> None:
+    """Format ``dev`` as the empty ext4 of a base device: root 0755, no lost+found (an image starts empty).
+
+    ``scratch`` is a directory where a temporary mount point can be made.
+    """
+    import tempfile
+
+    from .._sys import mounts as sysmount
+    opts = "lazy_itable_init=1,lazy_journal_init=1" + ("" if discard else ",nodiscard")
+    run(["mkfs.ext4", "-q", "-F", "-E", opts, "-L", "labkit-base", dev], what)
+    target = tempfile.mkdtemp(prefix="base-", dir=scratch)
+    try:
+        sysmount.mount(dev, target, "ext4", 0, None)
+        try:
+            os.rmdir(os.path.join(target, "lost+found"))
+            os.chmod(target, 0o755)
+        finally:
+            sysmount.umount(target)
+    finally:
+        os.rmdir(target)

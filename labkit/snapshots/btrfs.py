@@ -18,18 +18,18 @@ from typing import Any
 from .._sys.probe import fs_type, has_filesystem, is_root
 from ._fsutil import exclusive_usage, require_binary, run
 from .base import BaseSnapshotter, Kind, Mount, Row, Usage
-from .loopfs import LoopFS
+from .loopfs import LoopFSBacked
 
 
-class BtrfsSnapshotter(BaseSnapshotter):
+class BtrfsSnapshotter(LoopFSBacked, BaseSnapshotter):
     """btrfs subvolumes and snapshots: O(1) copy-on-write copies of whole trees."""
 
     name = "btrfs"
+    loop_fstype = "btrfs"
 
-    def __init__(self, root: str | os.PathLike[str], *, loop_size: int | str = "20G") -> None:
-        self.loop_size = loop_size
-        self.loopfs: LoopFS | None = None
-        super().__init__(root)
+    @classmethod
+    def _can_host(cls, root: str) -> bool:
+        return fs_type(root) == "btrfs"
 
     @classmethod
     def supported(cls, root: str) -> str | None:
@@ -39,17 +39,6 @@ class BtrfsSnapshotter(BaseSnapshotter):
             return "the kernel has no btrfs: modprobe btrfs, or use a kernel with CONFIG_BTRFS_FS"
         return require_binary("btrfs", "btrfs-progs") or (
             None if fs_type(root) == "btrfs" else require_binary("mkfs.btrfs", "btrfs-progs"))
-
-    def _open(self) -> None:
-        if fs_type(self.root) != "btrfs":
-            self.loopfs = LoopFS(self.root, "btrfs", size=self.loop_size, backend=self.name)
-            self.loopfs.open()
-            self.storage = os.path.join(self.loopfs.mountpoint, "snapshots")
-            os.makedirs(self.storage, exist_ok=True)
-
-    def _close(self) -> None:
-        if self.loopfs is not None:
-            self.loopfs.close()
 
     def _create(self, row: Row, chain: list[Row]) -> dict[str, Any] | None:
         fs = self.path(row, "fs")

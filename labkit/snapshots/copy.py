@@ -25,12 +25,13 @@ class CopySnapshotter(BaseSnapshotter):
     """Full copies; no sharing at all."""
 
     name = "copy"
+    reflink = "never"  # cp's --reflink mode; the reflink backend subclasses this one with "always"
 
     def _create(self, row: Row, chain: list[Row]) -> dict[str, Any] | None:
         fs = self.path(row, "fs")
         os.mkdir(fs, 0o755)
         if chain and row.kind is Kind.ACTIVE:
-            copy_tree(self.path(chain[0], "fs"), fs, reflink="never")
+            copy_tree(self.path(chain[0], "fs"), fs, reflink=self.reflink)
         return None
 
     def _mount(self, row: Row, chain: list[Row]) -> Mount:
@@ -44,4 +45,8 @@ class CopySnapshotter(BaseSnapshotter):
     def _usage(self, row: Row, chain: list[Row]) -> Usage:
         if row.kind is Kind.VIEW:
             return Usage(0, 0)
-        return tree_usage(self.path(row, "fs"))
+        return self._layer_usage(self.path(row, "fs"))
+
+    @staticmethod
+    def _layer_usage(path: str) -> Usage:
+        return tree_usage(path)

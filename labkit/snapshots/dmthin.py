@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
-import tempfile
 from typing import Any
 
 from .. import errors
@@ -28,7 +27,7 @@ from .._sys import loop
 from .._sys import mounts as sysmount
 from .._sys.probe import is_root
 from ..units import parse_size
-from ._fsutil import require_binary, run
+from ._fsutil import make_base_ext4, require_binary, run
 from .base import BaseSnapshotter, Kind, Mount, Row, Usage
 
 BASE_DEV = 0
@@ -126,18 +125,7 @@ class DmThinSnapshotter(BaseSnapshotter):
         self._message(f"create_thin {BASE_DEV}")
         try:
             dev = self._activate(BASE_DEV, self.base_size)
-            run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=1,lazy_journal_init=1", "-L", "labkit-base", dev],
-                f"dmthin base device of {self.root}")
-            target = tempfile.mkdtemp(prefix="base-", dir=self.root)
-            try:
-                sysmount.mount(dev, target, "ext4", 0, None)
-                try:
-                    os.rmdir(os.path.join(target, "lost+found"))
-                    os.chmod(target, 0o755)
-                finally:
-                    sysmount.umount(target)
-            finally:
-                os.rmdir(target)
+            make_base_ext4(dev, self.root, what=f"dmthin base device of {self.root}", discard=True)
         finally:
             self._deactivate(BASE_DEV)
 

@@ -77,3 +77,32 @@ class LoopFS:
         """Unmount (the auto-clear loop device goes with it). Lazy if something still uses it."""
         if mounts.is_mountpoint(self.mountpoint):
             unmount(self.mountpoint)
+
+
+class LoopFSBacked:
+    """Mixin for backends that need a particular filesystem: when the store's own cannot host them
+    (``_can_host(root)`` is False), ``_open`` makes a ``loop_fstype`` LoopFS of ``loop_size`` under the
+    store root and points ``storage`` into it; ``_close`` unmounts it."""
+
+    loop_fstype = ""
+    loopfs: LoopFS | None = None
+
+    def __init__(self, root: str | os.PathLike[str], *, loop_size: int | str = "20G") -> None:
+        self.loop_size = loop_size
+        self.loopfs = None
+        super().__init__(root)  # type: ignore[call-arg]
+
+    @classmethod
+    def _can_host(cls, root: str) -> bool:
+        raise NotImplementedError
+
+    def _open(self) -> None:
+        if not self._can_host(self.root):  # type: ignore[attr-defined]
+            self.loopfs = LoopFS(self.root, self.loop_fstype, size=self.loop_size, backend=self.name)  # type: ignore[attr-defined]
+            self.loopfs.open()
+            self.storage = os.path.join(self.loopfs.mountpoint, "snapshots")
+            os.makedirs(self.storage, exist_ok=True)
+
+    def _close(self) -> None:
+        if self.loopfs is not None:
+            self.loopfs.close()

@@ -9,14 +9,13 @@ makes a sparse loop-file xfs (``mkfs.xfs -m reflink=1``) of ``loop_size`` under 
 """
 from __future__ import annotations
 
-import os
 import subprocess
-from typing import Any
 
 from .._sys.probe import fs_type, has_filesystem, is_root
-from ._fsutil import copy_tree, exclusive_usage, require_binary
-from .base import BaseSnapshotter, Kind, Mount, Row, Usage
-from .loopfs import LoopFS
+from ._fsutil import exclusive_usage, require_binary
+from .base import Usage
+from .copy import CopySnapshotter
+from .loopfs import LoopFSBacked
 
 
 def _reflink_capable(root: str) -> bool:
@@ -29,15 +28,12 @@ def _reflink_capable(root: str) -> bool:
     return False
 
 
-class ReflinkSnapshotter(BaseSnapshotter):
+class ReflinkSnapshotter(LoopFSBacked, CopySnapshotter):
     """FICLONE copies: per-file copy-on-write on xfs (reflink=1) or btrfs."""
 
     name = "reflink"
-
-    def __init__(self, root: str | os.PathLike[str], *, loop_size: int | str = "20G") -> None:
-        self.loop_size = loop_size
-        self.loopfs: LoopFS | None = None
-        super().__init__(root)
+    reflink = "always"
+    loop_fstype = "xfs"
 
     @classmethod
     def supported(cls, root: str) -> str | None:
@@ -49,33 +45,10 @@ class ReflinkSnapshotter(BaseSnapshotter):
             return f"the store at {root} is not on xfs/btrfs and the kernel has no xfs: use --root on xfs or btrfs"
         return require_binary("mkfs.xfs", "xfsprogs")
 
-    def _open(self) -> None:
-        if not _reflink_capable(self.root):
-            self.loopfs = LoopFS(self.root, "xfs", size=self.loop_size, backend=self.name)
-            self.loopfs.open()
-            self.storage = os.path.join(self.loopfs.mountpoint, "snapshots")
-            os.makedirs(self.storage, exist_ok=True)
+    @classmethod
+    def _can_host(cls, root: str) -> bool:
+        return _reflink_capable(root)
 
-    def _close(self) -> None:
-        if self.loopfs is not None:
-            self.loopfs.close()
-
-    def _create(self, row: Row, chain: list[Row]) -> dict[str, Any] | None:
-        fs = self.path(row, "fs")
-        os.mkdir(fs, 0o755)
-        if chain and row.kind is Kind.ACTIVE:
-            copy_tree(self.path(chain[0], "fs"), fs, reflink="always")
-        return None
-
-    def _mount(self, row: Row, chain: list[Row]) -> Mount:
-        if row.kind is Kind.VIEW:
-            return Mount("bind", self.path(chain[0] if chain else row, "fs"), ("ro",))
-        return Mount("bind", self.path(row, "fs"))
-
-    def _remove(self, row: Row) -> None:
-        """The directory goes with the base class's storage removal."""
-
-    def _usage(self, row: Row, chain: list[Row]) -> Usage:
-        if row.kind is Kind.VIEW:
-            return Usage(0, 0)
-        return exclusive_usage(self.path(row, "fs"))
+    @staticmethod
+    def _layer_usage(path: str) -> Usage:
+        return exclusive_usage(path)

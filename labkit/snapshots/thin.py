@@ -21,16 +21,13 @@ inodes the snapshot's ext4 uses beyond its parent's (statfs while mounted, the s
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import tempfile
 from typing import Any
 
 from .. import errors
 from .._sys import mounts as sysmount
 from .._sys.probe import has_filesystem, is_root
 from ..units import parse_size
-from ._fsutil import require_binary, run
+from ._fsutil import make_base_ext4, require_binary
 from .base import BaseSnapshotter, Kind, Mount, Row, Usage
 
 BASE_DEV = 0
@@ -89,18 +86,7 @@ class ThinSnapshotter(BaseSnapshotter):
         self.client.call("create_thin", BASE_DEV, self.base_size)
         try:
             dev = self.client.attach(BASE_DEV)
-            run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard",
-                 "-L", "labkit-base", dev], f"thin base device of {self.root}")
-            target = tempfile.mkdtemp(prefix="base-", dir=self.root)
-            try:
-                sysmount.mount(dev, target, "ext4", 0, None)
-                try:
-                    os.rmdir(os.path.join(target, "lost+found"))
-                    os.chmod(target, 0o755)
-                finally:
-                    sysmount.umount(target)
-            finally:
-                os.rmdir(target)
+            make_base_ext4(dev, self.root, what=f"thin base device of {self.root}")
             self.client.detach(BASE_DEV)
         except BaseException:
             self.client.detach(BASE_DEV)
