@@ -47,7 +47,8 @@ Methods and their edge cases
 ``usage(key_or_name) -> Usage``
     Bytes and inodes **exclusive** to this snapshot's own layer: what removing it alone would free.
     Parents never count; data shared with a parent (a reflinked extent, a btrfs extent, a thin block) is
-    not counted for the child. For an active snapshot it is computed now; it grows with writes.
+    not counted for the child, but a real copy of the parent's data is the child's own and counts (the
+    ``copy`` baseline). For an active snapshot it is computed now; it grows with writes.
 ``mounts(key) -> Mount``
     The mount for an active snapshot or a view (the same value prepare/view returned);
     ``FailedPrecondition`` for a committed one (mount a view of it instead).
