@@ -393,7 +393,8 @@ class BaseSnapshotter:
                 raise errors.FailedPrecondition(f"snapshot {key!r}", f"has children {', '.join(kids)}",
                                                 fix="remove the children first")
             db.execute("DELETE FROM snapshots WHERE id=?", (row.id,))
-            self._discard_storage(row)
+            self._remove(row)       # if the backend cannot release it, the row and the storage both stay
+            shutil.rmtree(self.path(row), ignore_errors=True)
 
     def stat(self, key: str) -> Info:
         """Metadata of one snapshot.
