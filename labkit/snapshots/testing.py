@@ -17,14 +17,13 @@ A new backend does not write its own copy of these checks: registering it in
 every registered backend (skipping, with the reason, those the host cannot run). To run one check by hand
 (as root)::
 
-    >>> import pathlib, tempfile                                    # doctest: +SKIP
-    >>> from labkit.snapshots import open_snapshotter
-    >>> from labkit.snapshots.testing import CHECKS, run_check
-    >>> run_check("mybackend", "rename", pathlib.Path(tempfile.mkdtemp()))
-    >>> # or by hand, with your own snapshotter:
-    >>> tmp = pathlib.Path(tempfile.mkdtemp())
-    >>> sn = open_snapshotter("mybackend", tmp / "store")
-    >>> try:
+    >>> import pathlib, tempfile                                      # doctest: +SKIP
+    >>> from labkit.snapshots import open_snapshotter                 # doctest: +SKIP
+    >>> from labkit.snapshots.testing import CHECKS, run_check        # doctest: +SKIP
+    >>> run_check("mybackend", "rename", tempfile.mkdtemp())          # doctest: +SKIP
+    >>> tmp = pathlib.Path(tempfile.mkdtemp())     # or by hand, with your own snapshotter   # doctest: +SKIP
+    >>> sn = open_snapshotter("mybackend", tmp / "store")             # doctest: +SKIP
+    >>> try:                                                          # doctest: +SKIP
     ...     CHECKS["basic"](sn, tmp / "work")
     ... finally:
     ...     sn.close()
