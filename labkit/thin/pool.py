@@ -464,7 +464,7 @@ class Pool:
             t = self.sb.time
             pos = 0
             self._changed = True
-            self._dirty_devs.add(dev_id)
+            dirty = self._dirty_devs
             try:
                 while pos < length:
                     vb, boff = divmod(offset + pos, bs)
@@ -485,6 +485,7 @@ class Pool:
                         else:
                             os.pwrite(dfd, chunk, nb * bs)
                         d.root, _ = btree.insert(tm, d.root, vb, (nb << 24) | t)
+                        dirty.add(dev_id)  # again: _alloc_data may have committed
                     else:
                         nb = self._alloc_data()
                         if n < bs:
@@ -495,6 +496,7 @@ class Pool:
                             os.pwrite(dfd, chunk, nb * bs)
                         d.root, _ = btree.insert(tm, d.root, vb, (nb << 24) | t)
                         d.mapped_blocks += 1
+                        dirty.add(dev_id)
                     pos += n
             except NoMetadataSpace:
                 self._metadata_full()
@@ -564,7 +566,9 @@ class Pool:
 
     def _commit_locked(self) -> None:
         self._last_commit = _time.monotonic()
-        if not self._changed:
+        tm = self.tm
+        if not (self._changed or self._dirty_devs or self._deleted or tm.dirty or tm.meta_sm.dirty_chunks()
+                or tm.data_sm.dirty_chunks()):
             return
         try:
             self._sync_devices()
