@@ -47,31 +47,16 @@ def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
-def _mountinfo_devs() -> dict[int, str]:
-    """mount id -> 'major:minor', read separately because MountInfo keeps only what most callers need."""
-    out = {}
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            a = line.split(" ")
-            out[int(a[0])] = a[2]
-    return out
-
-
 @collector
 def _mounts(root: str, everything: bool) -> list[Leftover]:
     info = mounts.mountinfo()
-    devs = _mountinfo_devs()
-    fs_roots: dict[str, str] = {}
-    for m in sorted(info, key=lambda m: m.mount_id, reverse=True):
-        if m.root == "/":
-            fs_roots[devs[m.mount_id]] = m.target
+    origin_of = mounts.origins(info)
     loops_here = {lp.dev for lp in loop.list_loops() if _inside(lp.backing_file, root)}
     found = []
     for m in info:
         if m.target == root:
             continue
-        origin_base = fs_roots.get(devs[m.mount_id])
-        origin = os.path.normpath(origin_base + "/" + m.root) if origin_base and m.root != "/" else None
+        origin = origin_of[m.mount_id] if m.root != "/" else None
         mine = (_inside(m.target, root) or (origin is not None and _inside(origin, root))
                 or m.source in loops_here
                 or (m.fstype == "overlay" and m.source.startswith("labkit-")

@@ -134,6 +134,7 @@ class MountInfo:
     fstype: str
     source: str
     super_options: str
+    dev: str = ""  # major:minor of the filesystem
 
 
 def _unescape(s: str) -> str:
@@ -149,7 +150,23 @@ def mountinfo(pid: str = "self") -> list[MountInfo]:
             a = left.split(" ")
             b = right.split(" ")
             out.append(MountInfo(int(a[0]), _unescape(a[3]), _unescape(a[4]), a[5], b[0], _unescape(b[1]),
-                                 b[2] if len(b) > 2 else ""))
+                                 b[2] if len(b) > 2 else "", a[2]))
+    return out
+
+
+def origins(info: list[MountInfo]) -> dict[int, str | None]:
+    """For each mount id, the host path of the directory it shows, where one can be named: a bind mount
+    of ``/var/lib/x/fs`` shows ``/var/lib/x/fs`` (its ``root`` resolved through a mount of the whole
+    filesystem); a mount of a whole filesystem shows its own target."""
+    whole: dict[str, str] = {}
+    for m in sorted(info, key=lambda m: m.mount_id, reverse=True):
+        if m.root == "/":
+            whole[m.dev] = m.target
+    out: dict[int, str | None] = {}
+    for m in info:
+        base = whole.get(m.dev)
+        out[m.mount_id] = (m.target if m.root == "/" else
+                           os.path.normpath(base + "/" + m.root) if base else None)
     return out
 
 

@@ -41,7 +41,9 @@ Methods and their edge cases
     after commit is undefined, as in containerd). ``NotFound`` for an unknown key, ``FailedPrecondition``
     for a view or an already committed snapshot, ``AlreadyExists`` if ``name`` is taken.
 ``remove(key_or_name)``
-    Removes any kind. ``FailedPrecondition`` if it has children: children first. Its space is released.
+    Removes any kind. ``FailedPrecondition`` if it has children (children first) or if an active snapshot
+    is still mounted somewhere (unmount first: removing a tree under a running container would empty it
+    on some backends and not on others). Its space is released.
 ``stat(key_or_name) -> Info`` / ``update(key_or_name, *, labels)``
     Metadata only. ``NotFound`` for an unknown key.
 ``usage(key_or_name) -> Usage``
@@ -257,6 +259,11 @@ class BaseSnapshotter:
         """Bytes and inodes exclusive to this snapshot's own layer."""
         raise NotImplementedError
 
+    def _mounted_at(self, row: Row, chain: list[Row]) -> list[str]:
+        """Where an active snapshot or view is mounted now. Backends whose ``_mount`` has side effects
+        (attaching a device) override this to look without making anything."""
+        return self._mount(row, chain).targets()
+
     # ---- helpers --------------------------------------------------------------------------------------
     def path(self, row: Row, *parts: str) -> str:
         """The storage directory of ``row``: ``<storage>/<id>/...`` (``storage`` is ``<root>/snapshots``)."""
@@ -392,6 +399,11 @@ class BaseSnapshotter:
             if kids:
                 raise errors.FailedPrecondition(f"snapshot {key!r}", f"has children {', '.join(kids)}",
                                                 fix="remove the children first")
+            if row.kind is Kind.ACTIVE:  # (a view may share its mount source with other views of the parent)
+                where = self._mounted_at(row, self._chain(row))
+                if where:
+                    raise errors.FailedPrecondition(f"snapshot {key!r}", f"is mounted at {where[0]}",
+                                                    fix="unmount it first (leave its `with` block)")
             db.execute("DELETE FROM snapshots WHERE id=?", (row.id,))
             self._remove(row)       # if the backend cannot release it, the row and the storage both stay
             shutil.rmtree(self.path(row), ignore_errors=True)

@@ -161,6 +161,9 @@ class DmThinSnapshotter(BaseSnapshotter):
         dev = self._activate(row.state["dev"], row.state["size"], readonly=row.kind is Kind.VIEW)
         return Mount("ext4", dev, ("ro", "noload") if row.kind is Kind.VIEW else ())
 
+    def _mounted_at(self, row: Row, chain: list[Row]) -> list[str]:
+        return Mount("ext4", f"/dev/mapper/{self.dev_name(row.state.get('dev', -1))}").targets()
+
     def _commit(self, row: Row, chain: list[Row]) -> dict[str, Any] | None:
         self._deactivate(row.state["dev"])
         return None

@@ -64,6 +64,23 @@ class Mount:
         return Mounted(self, target)
 
 
+    def targets(self) -> list[str]:
+        """Where this mount is mounted now (bind: the same directory shown; overlay: the same name;
+        block filesystems: the same device), deepest first.
+
+        >>> Mount("bind", "/nonexistent/labkit").targets()
+        []
+        """
+        info = sysmount.mountinfo()
+        if self.type == "bind":
+            origin = sysmount.origins(info)
+            src = os.path.realpath(self.source)
+            found = [m.target for m in info if origin[m.mount_id] == src and m.target != src]
+        else:
+            found = [m.target for m in info if m.source == self.source and m.fstype == self.type]
+        return sorted(found, key=lambda t: t.count("/"), reverse=True)
+
+
 class Mounted:
     """A mounted :class:`Mount`; ``unmount()`` (or leaving the ``with`` block) releases it."""
 

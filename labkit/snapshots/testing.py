@@ -680,6 +680,25 @@ def check_remove(sn: Snapshotter, work: pathlib.Path) -> None:
 
 
 @_register
+def check_remove_mounted_refused(sn: Snapshotter, work: pathlib.Path) -> None:
+    """Removing an active snapshot while it is mounted (a running container's root) is refused
+    (FailedPrecondition naming where) and leaves it whole; once unmounted it can be removed. A view of
+    the same parent mounted elsewhere does not block removing another, unmounted view."""
+    commit_layer(sn, work, "img-rm", [create_file("/keep", b"keep")])
+    with mounted(sn.prepare("busy", "img-rm"), work) as root:
+        with _raises(errors.FailedPrecondition, "remove of a mounted snapshot"):
+            sn.remove("busy")
+        assert (root / "keep").read_bytes() == b"keep", "a refused remove damaged the mounted tree"
+        assert sn.stat("busy").name == "busy"
+    sn.remove("busy")
+    sn.view("idle-view", "img-rm")
+    with mounted(sn.view("shown-view", "img-rm"), work):
+        sn.remove("idle-view")
+    sn.remove("shown-view")
+    sn.remove("img-rm")
+
+
+@_register
 def check_walk(sn: Snapshotter, work: pathlib.Path) -> None:
     """walk lists every snapshot oldest first; filters: field==/!= value, comma = AND, several = OR."""
     suite = {"suite": "walk"}

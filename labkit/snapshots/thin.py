@@ -120,6 +120,11 @@ class ThinSnapshotter(BaseSnapshotter):
             opts = ["ro", "noload", *opts]
         return Mount("ext4", loopdev, tuple(opts))
 
+    def _mounted_at(self, row: Row, chain: list[Row]) -> list[str]:
+        assert self.client is not None
+        loopdev = self.client.loop_of(row.state.get("dev", -1))
+        return Mount("ext4", loopdev).targets() if loopdev else []
+
     def _commit(self, row: Row, chain: list[Row]) -> dict[str, Any] | None:
         assert self.client is not None
         self.client.detach(row.state["dev"])
