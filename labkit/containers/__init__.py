@@ -1,0 +1,28 @@
+"""labkit's container runtime: namespaces, pivot_root, cgroups, networks, OCI bundles for runc.
+
+The runtime receives a mounted root directory and a command (see docs/containers.md):
+
+>>> from labkit.containers import Runtime
+>>> with Runtime("/tmp/lk-state") as rt:                                    # doctest: +SKIP
+...     c = rt.run("/tmp/rootfs", ["sh", "-c", "echo $$ $(hostname)"], name="box")
+...     print(c.logs(), c.exit_code); c.remove()
+1 box
+ 0
+
+Names are imported lazily, so the spawner (``python -m labkit.containers._spawner``) loads only what it
+needs to fork containers.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["Runtime", "Container", "Bind", "BridgeConfig", "Limits"]
+_WHERE = {"Runtime": "runtime", "Container": "runtime", "Bind": "runtime", "BridgeConfig": "network",
+          "Limits": "cgroups"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        import importlib
+        return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    raise AttributeError(name)
