@@ -376,11 +376,11 @@ class Pool:
             self._new_id(dev_id)
             o = self._details(origin_id)
             self.tm.meta_sm.inc(o.root)
-            t = self.sb.time
+            # like the kernel: tick the clock, stamp both; mappings older than snap_time count as shared
+            t = self.sb.time = (self.sb.time + 1) & TIME_MASK
             o.snap_time = t
             self._devs[dev_id] = DeviceDetails(o.root, o.mapped_blocks, self.sb.transaction_id, t, t,
                                                o.virtual_size)
-            self.sb.time = (t + 1) & TIME_MASK
             self._deleted.discard(dev_id)
             self._dirty_devs.update((dev_id, origin_id))
             self._changed = True
@@ -462,6 +462,7 @@ class Pool:
             dsm_counts = tm.data_sm.counts
             mv = memoryview(data).cast("B")
             t = self.sb.time
+            snap_time = d.snap_time
             pos = 0
             self._changed = True
             dirty = self._dirty_devs
@@ -473,7 +474,9 @@ class Pool:
                     val, shared = btree.lookup(tm, d.root, vb)
                     if val is not None:
                         db = val >> 24  # type: ignore[operator]
-                        if not shared and dsm_counts[db] == 1:  # exclusive: write in place
+                        # in place only if mapped since the device's last snapshot (dm-thin's test, which
+                        # also keeps committed blocks of other devices safe) and really unshared now
+                        if (val & TIME_MASK) >= snap_time and not shared and dsm_counts[db] == 1:  # type: ignore
                             os.pwrite(dfd, chunk, db * bs + boff)
                             pos += n
                             continue

@@ -452,3 +452,37 @@ def test_restore_rejects_bad_xml(tmp_path):
            'snap_time="0"><single_mapping origin_block="0" data_block="9" time="0"/></device></superblock>')
     with pytest.raises(InvalidArgument):
         Pool.restore_xml(io.StringIO(bad), tmp_path / "y")
+
+
+def test_committed_shared_block_never_written_in_place(tmp_path):
+    """After a commit, X and its snapshot S share D. S overwrites the block (S now maps a copy, D's
+    count drops to 1), then X writes it: D is still what the *committed* S maps, so X must copy too
+    (dm-thin's rule: a mapping older than the device's last snapshot counts as shared)."""
+    path = tmp_path / "p"
+    p = Pool.create(path, data_size=BS * 16, commit_interval=None)
+    p.create_thin(1, BS * 2)
+    p.device(1).write(0, block(1))
+    p.create_snap(2, 1)
+    p.commit()
+    p.device(2).write(0, block(2))
+    p.device(1).write(0, block(3))
+    assert len({db for d in (1, 2) for _vb, db, _t in p.mappings(d)}) == 2
+    os.close(p._mfd)  # crash
+    os.close(p._dfd)
+    p._closed = True
+    with Pool.open(path) as q:
+        assert q.device(1).read(0, BS) == block(1) == q.device(2).read(0, BS)
+
+
+def test_after_deleting_snapshot_first_write_copies_then_in_place(pool):
+    pool.create_thin(1, BS)
+    pool.device(1).write(0, block(1))
+    pool.create_snap(2, 1)
+    pool.delete(2)
+    pool.commit()
+    (_, d0, _), = pool.mappings(1)
+    pool.device(1).write(0, b"x")  # older than the snapshot: copied, as in dm-thin
+    (_, d1, _), = pool.mappings(1)
+    pool.device(1).write(0, b"y")
+    (_, d2, _), = pool.mappings(1)
+    assert d0 != d1 == d2
