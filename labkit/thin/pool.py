@@ -650,6 +650,24 @@ class Pool:
             excl = sum(1 for _k, v in btree.items(self.tm, d.root) if refs[v >> 24] == 1)  # type: ignore
             return Usage(d.mapped_blocks, excl, d.mapped_blocks - excl)
 
+    def usages(self) -> dict[int, Usage]:
+        """:meth:`usage` of every device, from one walk of all mappings.
+
+        >>> import tempfile, os
+        >>> with Pool.create(os.path.join(tempfile.mkdtemp(), "p"), data_size="1M") as p:
+        ...     p.create_thin(1, "1M"); p.device(1).write(0, b"x"); p.create_snap(2, 1); p.usages()[2]
+        Usage(mapped_blocks=1, exclusive_blocks=0, shared_blocks=1)
+        """
+        with self._lock:
+            self._check_open()
+            refs = self._logical_refs()
+            out = {}
+            for dev_id in sorted(self._devs):
+                d = self._devs[dev_id]
+                excl = sum(1 for _k, v in btree.items(self.tm, d.root) if refs[v >> 24] == 1)  # type: ignore
+                out[dev_id] = Usage(d.mapped_blocks, excl, d.mapped_blocks - excl)
+            return out
+
     def block_map(self, dev_id: int) -> list[BlockInfo]:
         """One :class:`BlockInfo` per virtual block of ``dev_id`` (for drawing sharing)."""
         with self._lock:
