@@ -132,6 +132,8 @@ def check_pool(pool: "Pool") -> CheckReport:
         return entries[b]
 
     visit(pool.sb.device_root, KIND_DEVICES, "device tree", 0, None)
+    if rep.nr_devices != len(pool._devs):
+        rep.problem(f"device tree holds {rep.nr_devices} devices, the pool knows {len(pool._devs)}")
     for dev_id, d in pool._devs.items():
         r = entries.get(d.root)
         if r is not None:

@@ -486,3 +486,51 @@ def test_after_deleting_snapshot_first_write_copies_then_in_place(pool):
     pool.device(1).write(0, b"y")
     (_, d2, _), = pool.mappings(1)
     assert d0 != d1 == d2
+
+
+def test_threads_share_one_pool(tmp_path):
+    import threading
+    with Pool.create(tmp_path / "p", data_size=BS * 256, node_capacity=6, commit_interval=0.01) as p:
+        for d in range(4):
+            p.create_thin(d, BS * 32)
+        errors = []
+
+        def work(d: int) -> None:
+            try:
+                dev = p.device(d)
+                for i in range(60):
+                    dev.write((i % 32) * BS + i, bytes([d + 1]) * 1000)
+                    if i % 20 == 0:
+                        p.create_snap(100 + d * 10 + i // 20, d)
+                    if i % 7 == 0:
+                        dev.discard(((i + 5) % 32) * BS, BS)
+            except BaseException as e:  # pragma: no cover - reported below
+                errors.append(e)
+
+        ts = [threading.Thread(target=work, args=(d,)) for d in range(4)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        assert not errors
+        assert p.check().ok
+        assert len(p.devices()) == 16
+
+
+def test_metadata_full_goes_read_only(tmp_path):
+    path = tmp_path / "p"
+    with Pool.create(path, data_size=BS * 4096, metadata_size="256K", node_capacity=4,
+                     commit_interval=None) as p:
+        p.create_thin(1, BS * 4096)
+        p.commit()
+        tid = p.transaction_id
+        with pytest.raises(OSError) as ei:
+            for vb in range(4096):
+                p.device(1).write(vb * BS, b"x")
+        assert ei.value.errno == errno.ENOSPC
+        assert p.status().mode == "read_only" and str(p.status()).split()[4] == "ro"
+        with pytest.raises(FailedPrecondition):
+            p.device(1).write(0, b"y")
+    with Pool.open(path) as q:  # the last commit is intact
+        assert q.check().ok
+        assert q.transaction_id >= tid
