@@ -72,11 +72,16 @@ class Bind:
 
 
 def _starttime(pid: int) -> int | None:
-    """Field 22 of /proc/<pid>/stat (start time in ticks): tells a process from a later one with its pid."""
+    """Field 22 of /proc/<pid>/stat (start time in ticks), which tells a process from a later one with its
+    pid; ``None`` when the process is gone or a zombie (dead, only not yet reaped by its new parent)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[19])
-    except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    try:
+        return None if fields[0] in ("Z", "X") else int(fields[19])
+    except (IndexError, ValueError):
         return None
 
 
@@ -525,6 +530,7 @@ class Runtime:
                 net.detach(cid, self.bridge, att.ip)
             if made_cgroup:
                 cgroup.remove()
+                cg.remove_parent_if_empty(cgroup)
             try:
                 os.unlink(os.path.join(REGISTRY, cid))
             except FileNotFoundError:
