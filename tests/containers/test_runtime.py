@@ -126,9 +126,8 @@ def test_cpu_limit_and_stats_while_running(rt, rootfs):
     assert c.stats()["cpu_usage_ns"] == used      # frozen: no CPU at all
     c.thaw()
     assert not c.stats()["frozen"]
-    t = time.monotonic()
-    c.stop(timeout=5)                                # sh as PID 1 ignores SIGTERM -> SIGKILL after 5 s?
-    assert c.exit_code == 137 and time.monotonic() - t < 6
+    c.stop(timeout=0.3)                              # sh as PID 1 has no TERM handler: SIGKILL
+    assert c.exit_code == 137
 
 
 def test_stop_ignoring_sigterm_respects_timeout(rt, rootfs):
