@@ -6,7 +6,7 @@ style); mount/umount2 come from :mod:`labkit._sys.mounts`.
 >>> from labkit.containers import _ns
 >>> _ns.CLONE_NEWNET == 0x40000000
 True
->>> _ns.unshare(_ns.CLONE_NEWUTS)          # doctest: +SKIP  (needs root)
+>>> _ns.unshare(_ns.CLONE_NEWUTS)          # doctest: +SKIP
 >>> _ns.sethostname("box")                 # doctest: +SKIP
 """
 from __future__ import annotations

@@ -12,7 +12,7 @@ Every container gets the cgroup ``labkit/<container-id>``. :func:`detect` reads 
 >>> from labkit.containers.cgroups import Limits, detect
 >>> Limits(memory=64 << 20, cpus=0.5, pids=32).cpu_quota_us()
 50000
->>> cg = detect().cgroup("0123456789")       # doctest: +SKIP  (needs root)
+>>> cg = detect().cgroup("0123456789")       # doctest: +SKIP
 >>> cg.create(Limits(memory=64 << 20)); cg.stats()["memory_bytes"]   # doctest: +SKIP
 0
 """

@@ -52,8 +52,8 @@ class Bind:
     def parse(cls, spec: str | tuple[str, str] | tuple[str, str, bool] | Bind) -> Bind:
         """Accept ``Bind``, ``(src, dst[, ro])`` or docker's ``"src:dst[:ro]"``.
 
-        >>> Bind.parse("/srv/data:/data:ro")
-        Bind(source='/srv/data', target='/data', ro=True)
+        >>> Bind.parse("/tmp:/data:ro")
+        Bind(source='/tmp', target='/data', ro=True)
         """
         if isinstance(spec, Bind):
             b = spec
