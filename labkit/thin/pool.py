@@ -16,20 +16,21 @@ on the root, so it costs the same whatever the device's size.
 """
 from __future__ import annotations
 
-import errno
 import os
 import threading
 import time as _time
 import uuid as _uuid
-from dataclasses import dataclass
-from typing import Callable, Iterator, NamedTuple
+from typing import Callable, Iterator
 
 from ..errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from ..units import parse_size
 from . import btree
 from .metadata import (BLOCK, KIND_DEVICES, KIND_MAPPING, NEEDS_CHECK, MetadataError, NoMetadataSpace,
                        Superblock, TransactionManager, index_capacity, load_spacemap)
+from .records import DEVICE_WIDTH, BlockInfo, DeviceDetails, PoolFull, Status, Usage
 from .spacemap import NoSpace, SpaceMap
+
+__all__ = ["Pool", "Device", "PoolFull", "DeviceDetails", "Usage", "BlockInfo", "Status"]
 
 MIN_BLOCK = 64 << 10
 MAX_BLOCK = 1 << 30
@@ -37,96 +38,6 @@ MAX_DEV_ID = (1 << 24) - 1
 TIME_MASK = (1 << 24) - 1
 DATA_FILE = "data"
 META_FILE = "metadata"
-
-
-class PoolFull(FailedPrecondition, OSError):
-    """The pool has no free data (or metadata) block: an ``OSError`` with errno ``ENOSPC``.
-
-    >>> e = PoolFull("thin pool '/p'", "is out of data space"); e.errno == errno.ENOSPC
-    True
-    """
-
-    def __init__(self, subject: str, detail: str | None = None, *, fix: str | None = None) -> None:
-        FailedPrecondition.__init__(self, subject, detail, fix=fix)
-        self.errno = errno.ENOSPC
-        self.strerror = str(self.args[0]) if self.args else os.strerror(errno.ENOSPC)
-
-    def __str__(self) -> str:
-        return self.strerror
-
-
-@dataclass
-class DeviceDetails:
-    """What the pool records per thin device (``disk_device_details`` plus the virtual size)."""
-
-    root: int
-    mapped_blocks: int
-    transaction_id: int
-    creation_time: int
-    snap_time: int
-    virtual_size: int
-
-    def as_tuple(self) -> tuple[int, ...]:
-        return (self.root, self.mapped_blocks, self.transaction_id, self.creation_time, self.snap_time,
-                self.virtual_size)
-
-
-DEVICE_WIDTH = 6
-
-
-@dataclass(frozen=True)
-class Usage:
-    """Block counts of one device, with thin_ls's meanings.
-
-    ``mapped_blocks`` (MAPPED_BLOCKS): virtual blocks with a data block; ``exclusive_blocks``
-    (EXCLUSIVE_BLOCKS): those whose data block no other mapping (of any device) uses;
-    ``shared_blocks`` (SHARED_BLOCKS): the rest.
-    """
-
-    mapped_blocks: int
-    exclusive_blocks: int
-    shared_blocks: int
-
-
-class BlockInfo(NamedTuple):
-    """One virtual block of a device: ``state`` is "unmapped", "exclusive" or "shared"."""
-
-    state: str
-    data_block: int | None
-
-
-@dataclass(frozen=True)
-class Status:
-    """The pool's status, as dm-thin's ``dmsetup status`` line (``str()`` renders it).
-
-    >>> Status(3, 10, 100, 5, 50, None, "rw", False, True, False, False)
-    Status(transaction_id=3, ...)
-    >>> str(Status(3, 10, 100, 5, 50, None, "rw", False, True, False, False))
-    '3 10/100 5/50 - rw no_discard_passdown error_if_no_space -'
-    """
-
-    transaction_id: int
-    used_metadata_blocks: int
-    total_metadata_blocks: int
-    used_data_blocks: int
-    total_data_blocks: int
-    held_root: int | None
-    mode: str  # "rw", "out_of_data_space" or "read_only"
-    needs_check: bool
-    error_if_no_space: bool
-    low_water: bool  # free data blocks <= low_water_mark (dm-thin raises an event; not in the line)
-    queued_io: bool  # error_if_no_space=False and a write failed: the kernel would have queued it
-
-    def __repr__(self) -> str:  # keep the doctest short and stable
-        return f"Status(transaction_id={self.transaction_id}, ...)"
-
-    def __str__(self) -> str:
-        held = "-" if self.held_root is None else str(self.held_root)
-        mode = {"read_only": "ro"}.get(self.mode, self.mode)
-        eins = "error_if_no_space" if self.error_if_no_space else "queue_if_no_space"
-        return (f"{self.transaction_id} {self.used_metadata_blocks}/{self.total_metadata_blocks} "
-                f"{self.used_data_blocks}/{self.total_data_blocks} {held} {mode} no_discard_passdown "
-                f"{eins} {'needs_check' if self.needs_check else '-'}")
 
 
 def _block_size(value: int | str) -> int:

@@ -105,6 +105,7 @@ def restore_xml(fp: IO, path: str, *, virtual_sizes: Mapping[int, int | str] | N
     pool: Pool | None = None
     dev: tuple[int, DeviceDetails] | None = None
     max_block = -1
+    top_data = 0  # one past the highest data block mapped: where allocation should start looking
     meta: dict[str, int] = {}
     try:
         for event, el in ET.iterparse(fp, events=("start", "end")):
@@ -141,6 +142,7 @@ def restore_xml(fp: IO, path: str, *, virtual_sizes: Mapping[int, int | str] | N
                     if old is None:
                         d.mapped_blocks += 1
                 max_block = max(max_block, o + n - 1)
+                top_data = max(top_data, db + n)
             elif event == "end" and el.tag == "device" and pool is not None and dev is not None:
                 dev_id, d = dev
                 d.virtual_size = sizes.get(dev_id, max(1, max_block + 1) * pool.block_size)
@@ -161,6 +163,7 @@ def restore_xml(fp: IO, path: str, *, virtual_sizes: Mapping[int, int | str] | N
         raise
     if pool is None:
         raise InvalidArgument("thin_dump XML", "has no <superblock>", fix="give XML written by thin_dump")
+    pool.tm.data_sm._cursor = top_data % pool.nr_data_blocks
     pool.sb.time = meta["time"]
     pool.sb.transaction_id = meta["transaction"] - 1
     pool._changed = True
