@@ -26,6 +26,7 @@ import socket
 import subprocess
 import sys
 import threading
+import weakref
 from typing import Any
 
 from . import _ns, _setup   # imported once here, not after each fork
@@ -143,6 +144,8 @@ class Spawner:
                                       stdin=subprocess.DEVNULL, cwd="/")
         theirs.close()
         self._sock = mine
+        # a Runtime dropped without close(): closing our end lets the spawner see EOF and exit
+        weakref.finalize(self, mine.close)
 
     def request(self, req: dict[str, Any], fds: list[int] | None = None) -> dict[str, Any]:
         """Send one request (and fds) and return the reply; restarts a spawner that died."""

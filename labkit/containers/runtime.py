@@ -518,6 +518,8 @@ class Runtime:
                 if att:
                     os.close(att.netns_fd)
             if not reply["ok"]:
+                if reply.get("shim"):
+                    _wait_pid(reply["shim"], 5)   # let the shim finish before its directory goes
                 raise _start_error(f"container {name}", reply["error"])
             state.update(shim=reply["shim"], shim_start=_starttime(reply["shim"]), pid=reply["pid"],
                          pid_start=_starttime(reply["pid"]), started=time.time())
