@@ -20,7 +20,7 @@ import os
 import threading
 import time as _time
 import uuid as _uuid
-from typing import Callable, Iterator
+from typing import Callable
 
 from ..errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from ..units import parse_size
@@ -534,12 +534,13 @@ class Pool:
                           bool(self.sb.flags & NEEDS_CHECK), self.error_if_no_space,
                           lwm is not None and dsm.nr_free <= lwm, self._queued)
 
-    def mappings(self, dev_id: int) -> Iterator[tuple[int, int, int]]:
-        """``(virtual block, data block, time)`` of every mapping of ``dev_id``, in order."""
+    def mappings(self, dev_id: int) -> list[tuple[int, int, int]]:
+        """``(virtual block, data block, time)`` of every mapping of ``dev_id``, in order (a list, made
+        under the lock, so no half-read generator can hold the pool)."""
         with self._lock:
+            self._check_open()
             d = self._details(dev_id)
-            for k, v in btree.items(self.tm, d.root):
-                yield k, v >> 24, v & TIME_MASK  # type: ignore[operator]
+            return [(k, v >> 24, v & TIME_MASK) for k, v in btree.items(self.tm, d.root)]  # type: ignore
 
     def _logical_refs(self) -> dict[int, int]:
         refs: dict[int, int] = {}
