@@ -187,7 +187,6 @@ def join_and_exec(spec: dict[str, Any], errw: int) -> None:
                 os.write(errw, f"exec: {e.strerror if isinstance(e, OSError) else e}".encode()[:4000])
                 os._exit(127)
         os.close(errw)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         _, st = os.waitpid(child, 0)
         os.write(status, str(st).encode())
         os._exit(0)

@@ -148,7 +148,11 @@ class Spawner:
         weakref.finalize(self, mine.close)
 
     def request(self, req: dict[str, Any], fds: list[int] | None = None) -> dict[str, Any]:
-        """Send one request (and fds) and return the reply; restarts a spawner that died."""
+        """Send one request (and fds) and return the reply; a spawner found dead is restarted first.
+
+        A spawner that dies after taking a request is not asked again (the request may have started a
+        container); that raises ``OSError``.
+        """
         with self._lock:
             for attempt in (0, 1):
                 if self._proc is None or self._proc.poll() is not None:
@@ -157,15 +161,18 @@ class Spawner:
                 assert self._sock
                 try:
                     socket.send_fds(self._sock, [json.dumps(req).encode()], fds or [])
-                    data = self._sock.recv(MAX_MSG)
                 except (BrokenPipeError, ConnectionResetError):
+                    self.close_locked()         # died before it read anything: safe to send again
+                    continue
+                try:
+                    data = self._sock.recv(MAX_MSG)
+                except ConnectionResetError:
                     data = b""
-                if data:
-                    return json.loads(data)
-                self.close_locked()
-                if attempt:
+                if not data:
+                    self.close_locked()
                     raise OSError("labkit spawner died while handling a request")
-        raise AssertionError("unreachable")
+                return json.loads(data)
+        raise OSError("labkit spawner cannot be started")
 
     def close_locked(self) -> None:
         if self._sock:
