@@ -26,8 +26,9 @@ import select
 import shutil
 from signal import SIGKILL, SIGTERM
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from labkit import errors
 
@@ -302,6 +303,19 @@ class Container:
     def thaw(self) -> None:
         """Undo :meth:`freeze`."""
         self.cgroup.thaw()
+
+    @contextmanager
+    def paused(self, timeout: float = 5.0) -> Iterator[Container]:
+        """Freeze for the duration of a ``with`` block, e.g. to commit the root filesystem consistently.
+
+        >>> with c.paused():                                   # doctest: +SKIP
+        ...     store.commit("web-v2", c.name)
+        """
+        self.freeze(timeout)
+        try:
+            yield self
+        finally:
+            self.thaw()
 
     def stats(self) -> dict[str, Any]:
         """Usage from the cgroup: memory (current, peak, limit), CPU time, pids, OOM kills, status."""

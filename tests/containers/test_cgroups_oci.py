@@ -116,3 +116,46 @@ def test_start_latency_labkit_vs_runc(tmp_path, rootfs):
         assert reason, name
     assert df.groupby("runtime").size().eq(6).all() and df.warmup.sum() == len(med)
     assert time.monotonic() - t < 20
+
+
+def test_v2_files_written_on_a_fake_tree(tmp_path):
+    """What the v2 driver writes where a real v2 host has the controllers (this host does not)."""
+    (tmp_path / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+    c = cg.CgroupV2("abc", str(tmp_path))
+    c.create(cg.Limits(memory=64 << 20, cpus=0.5, pids=32))
+    d = tmp_path / "labkit" / "abc"
+    assert (tmp_path / "cgroup.subtree_control").read_text() == "+memory +cpu +pids"
+    assert (tmp_path / "labkit" / "cgroup.subtree_control").read_text() == "+memory +cpu +pids"
+    assert (d / "memory.max").read_text() == str(64 << 20)
+    assert (d / "cpu.max").read_text() == "50000 100000"
+    assert (d / "pids.max").read_text() == "32"
+    assert c.procs_files() == [str(d / "cgroup.procs")]
+    (d / "memory.current").write_text("4096\n")
+    (d / "memory.peak").write_text("8192\n")
+    (d / "cpu.stat").write_text("usage_usec 1500\nuser_usec 1000\n")
+    (d / "memory.events").write_text("low 0\noom 1\noom_kill 1\n")
+    (d / "cgroup.events").write_text("populated 1\nfrozen 0\n")
+    st = c.stats()
+    assert (st["memory_bytes"], st["memory_peak_bytes"], st["cpu_usage_ns"], st["oom_kills"]) == (4096, 8192, 1_500_000, 1)
+    assert st["memory_limit_bytes"] == 64 << 20 and st["pids"] is None and not c.frozen()
+    with pytest.raises(errors.AlreadyExists):
+        c.create()
+    (tmp_path / "cgroup.controllers").write_text("cpu\n")
+    with pytest.raises(errors.Unsupported, match="memory, pids"):
+        cg.CgroupV2("def", str(tmp_path)).create(cg.Limits(memory=1 << 20, pids=3))
+    assert not (tmp_path / "labkit" / "def").exists()
+
+
+def test_v1_files_written_on_a_fake_tree(tmp_path):
+    mounts = {c: str(tmp_path / c) for c in ("memory", "cpu", "cpuacct", "pids", "freezer")}
+    mounts["cpuacct"] = mounts["cpu"]                    # co-mounted like cpu,cpuacct on many hosts
+    c = cg.CgroupV1("abc", mounts)
+    c.create(cg.Limits(memory=1 << 20, cpus=2, pids=7))
+    assert (tmp_path / "memory/labkit/abc/memory.limit_in_bytes").read_text() == str(1 << 20)
+    assert (tmp_path / "cpu/labkit/abc/cpu.cfs_quota_us").read_text() == "200000"
+    assert (tmp_path / "cpu/labkit/abc/cpu.cfs_period_us").read_text() == "100000"
+    assert (tmp_path / "pids/labkit/abc/pids.max").read_text() == "7"
+    assert len(c.procs_files()) == 4
+    with pytest.raises(errors.Unsupported, match="pids"):
+        cg.CgroupV1("x", {"memory": mounts["memory"]}).create(cg.Limits(pids=3))
+    assert not (tmp_path / "memory/labkit/x").exists()        # unwound

@@ -127,6 +127,9 @@ def test_cpu_limit_and_stats_while_running(rt, rootfs):
     assert c.stats()["cpu_usage_ns"] == used      # frozen: no CPU at all
     c.thaw()
     assert not c.stats()["frozen"]
+    with c.paused():
+        assert c.cgroup.frozen()
+    assert not c.cgroup.frozen()
     c.stop(timeout=0.3)                              # sh as PID 1 has no TERM handler: SIGKILL
     assert c.exit_code == 137
 
