@@ -167,6 +167,7 @@ def test_host_network_sees_host_interfaces(rt, rootfs):
 
 
 def test_bridge_two_containers_talk(rt, rootfs):
+    forward = open("/proc/sys/net/ipv4/ip_forward").read()
     web = rt.run(rootfs, ["httpd", "-f", "-p", "8080", "-h", "/var/www"], name="web", network="bridge", detach=True)
     assert web.ip.startswith("10.88.") and web.ip != "10.88.0.1"
     script = (f"for i in $(seq 50); do wget -q -O- http://{web.ip}:8080/ && exit 0; sleep 0.05; done; exit 1")
@@ -194,6 +195,7 @@ def test_bridge_two_containers_talk(rt, rootfs):
     assert reply.endswith(b"hello from labkit\n")
     web.stop(timeout=1)
     assert not os.path.exists(f"/sys/class/net/lk-{web.id}-h")
+    assert open("/proc/sys/net/ipv4/ip_forward").read() == forward      # no NAT unless asked for
 
 
 def test_failed_setup_leaves_nothing(rt, rootfs):
@@ -225,7 +227,8 @@ def test_detached_container_outlives_its_process(rt, rootfs):
 
 
 def test_killed_spawner_and_shim_are_collected_by_gc(rt, rootfs, tmp_path, leftovers):
-    import labkit.containers.gc  # noqa: F401 - registers the collector
+    import importlib
+    importlib.import_module("labkit.containers.gc")   # registers the collector
     from labkit import gc
     c = rt.run(rootfs, ["sleep", "30"], network="bridge", memory=32 << 20, detach=True)
     os.kill(rt._spawner.pid, signal.SIGKILL)
@@ -244,7 +247,8 @@ def test_killed_spawner_and_shim_are_collected_by_gc(rt, rootfs, tmp_path, lefto
 
 
 def test_exited_but_not_removed_is_a_leftover_only_when_not_running(rt, rootfs, tmp_path):
-    import labkit.containers.gc  # noqa: F401
+    import importlib
+    importlib.import_module("labkit.containers.gc")
     from labkit import gc
     c = rt.run(rootfs, ["sleep", "30"], detach=True)
     assert gc.find_leftovers(str(tmp_path)) == []          # running normally: not a leftover
