@@ -6,8 +6,8 @@ another tree (a snapshot) is copied first and the copy's children gain a referen
 this transaction are changed in place. Full nodes are split on the way down (the root splits *beneath*
 itself so that its block number stays the same for the caller).
 
-Removal deletes empty nodes but does not merge or redistribute half-empty siblings (the kernel does);
-lookups stay ``O(depth)`` either way.
+Removal rebalances like the kernel's: an underfull node (below a quarter full) borrows entries from a
+sibling or merges with it, and a root left with one child absorbs it, so trees shrink again.
 
 >>> from labkit.thin.spacemap import SpaceMap
 >>> from labkit.thin.metadata import TransactionManager, KIND_MAPPING
@@ -142,16 +142,48 @@ def remove(tm: TransactionManager, root: int, key: int, *, dec: bool = True) -> 
     del node.values[i]
     if dec:
         _dec_value(tm, node, old)
-    # delete nodes left empty, bottom up (the root stays, possibly as an empty leaf)
-    while not node.keys and path:
+    # rebalance bottom up, as the kernel does: an empty node goes, an underfull one borrows from or
+    # merges with a sibling (shadowed first, so a sibling shared with a snapshot is copied)
+    while path:
         parent, j = path.pop()
+        _rebalance(tm, parent, j, node)
+        node = parent
+    # a root left with a single child takes the child's contents (the root keeps its block number)
+    while not node.leaf and len(node.keys) == 1:
+        child = tm.shadow(node.values[0])
+        node.leaf, node.keys, node.values = child.leaf, list(child.keys), list(child.values)
+        tm.release(child.block)
+    if not node.keys:
+        node.leaf = True
+    return new_root, old
+
+
+def _rebalance(tm: TransactionManager, parent: Node, j: int, node: Node) -> None:
+    """Fix child ``j`` of ``parent`` (``node``, already shadowed) after a removal beneath it."""
+    if not node.keys:
         tm.release(node.block)
         del parent.keys[j]
         del parent.values[j]
-        node = parent
-    if not node.keys and not path:
-        node.leaf = True
-    return new_root, old
+        return
+    cap = tm.capacity(node)
+    if len(node.keys) >= max(2, cap // 4) or len(parent.keys) < 2:
+        return
+    k = j + 1 if j + 1 < len(parent.keys) else j - 1
+    sib = tm.shadow(parent.values[k])
+    parent.values[k] = sib.block
+    left, right, li = (node, sib, j) if k > j else (sib, node, k)
+    keys = left.keys + right.keys
+    values = left.values + right.values
+    if len(keys) <= 3 * cap // 4:  # merge into the left node
+        left.keys, left.values = keys, values
+        tm.release(right.block)
+        del parent.keys[li + 1]
+        del parent.values[li + 1]
+    else:  # share the entries evenly
+        h = len(keys) // 2
+        left.keys, right.keys = keys[:h], keys[h:]
+        left.values, right.values = values[:h], values[h:]
+        parent.keys[li + 1] = right.keys[0]
 
 
 def del_tree(tm: TransactionManager, root: int) -> None:

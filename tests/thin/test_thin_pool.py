@@ -534,3 +534,25 @@ def test_metadata_full_goes_read_only(tmp_path):
     with Pool.open(path) as q:  # the last commit is intact
         assert q.check().ok
         assert q.transaction_id >= tid
+
+
+def test_tree_shrinks_back_after_discards(tmp_path):
+    with Pool.create(tmp_path / "p", data_size=BS * 600, node_capacity=4, commit_interval=None) as p:
+        p.create_thin(1, BS * 600)
+        d = p.device(1)
+        for vb in range(500):
+            d.write(vb * BS, b"x")
+        p.create_snap(2, 1)  # removals below must copy shared siblings, not steal them
+        deep = btree.depth(p.tm, p.details(1).root)
+        assert deep >= 5
+        d.discard(0, 490 * BS)
+        assert btree.depth(p.tm, p.details(1).root) <= 3
+        assert p.usage(1).mapped_blocks == 10 and p.usage(2).mapped_blocks == 500
+        assert p.check().ok
+        d.discard(0, 600 * BS)
+        assert btree.depth(p.tm, p.details(1).root) == 1
+        p.delete(2)
+        p.commit()
+        assert p.check().ok
+        assert p.status().used_data_blocks == 0
+        assert p.status().used_metadata_blocks < 20
