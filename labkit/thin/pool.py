@@ -16,6 +16,7 @@ on the root, so it costs the same whatever the device's size.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import threading
 import time as _time
@@ -84,6 +85,12 @@ class Pool:
             os.close(self._mfd)
             raise
         try:
+            try:  # like the kernel opening the metadata device O_EXCL: one writer at a time
+                fcntl.flock(self._mfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise FailedPrecondition(f"thin pool '{self.path}'", "is open in another process or handle",
+                                         fix="close it or stop its daemon (or ask the daemon through "
+                                             "labkit.thin.client) and retry") from None
             if _create is not None:
                 self._format(**_create)
             else:

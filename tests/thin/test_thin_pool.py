@@ -556,3 +556,11 @@ def test_tree_shrinks_back_after_discards(tmp_path):
         assert p.check().ok
         assert p.status().used_data_blocks == 0
         assert p.status().used_metadata_blocks < 20
+
+
+def test_one_writer_at_a_time(tmp_path):
+    path = tmp_path / "p"
+    with Pool.create(path, data_size=BS * 4):
+        with pytest.raises(FailedPrecondition, match="open in another"):
+            Pool.open(path)
+    Pool.open(path).close()
