@@ -21,7 +21,7 @@ import os
 import threading
 import time as _time
 import uuid as _uuid
-from typing import Callable
+from typing import IO, TYPE_CHECKING, Any, Callable
 
 from ..errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from ..units import parse_size
@@ -30,6 +30,9 @@ from .metadata import (BLOCK, KIND_DEVICES, KIND_MAPPING, NEEDS_CHECK, MetadataE
                        Superblock, TransactionManager, index_capacity, load_spacemap)
 from .records import DEVICE_WIDTH, BlockInfo, DeviceDetails, PoolFull, Status, Usage
 from .spacemap import NoSpace, SpaceMap
+
+if TYPE_CHECKING:
+    from .check import CheckReport
 
 __all__ = ["Pool", "Device", "PoolFull", "DeviceDetails", "Usage", "BlockInfo", "Status"]
 
@@ -606,7 +609,7 @@ class Pool:
             d = self._details(dev_id)
             return DeviceDetails(*d.as_tuple())
 
-    def check(self):  # -> CheckReport (import cycle kept out of the signature)
+    def check(self) -> "CheckReport":
         """Verify every tree and every reference count against a full recount (like thin_check).
 
         >>> import tempfile, os
@@ -619,7 +622,7 @@ class Pool:
             self._check_open()
             return check_pool(self)
 
-    def dump_xml(self, fp) -> None:
+    def dump_xml(self, fp: IO[str]) -> None:
         """Write the pool's metadata as thin_dump XML to the text file ``fp`` (commits first)."""
         from .xml import dump_xml
         with self._lock:
@@ -629,7 +632,7 @@ class Pool:
             dump_xml(self, fp)
 
     @classmethod
-    def restore_xml(cls, fp, path: str, **kwargs) -> "Pool":
+    def restore_xml(cls, fp: IO[Any], path: str, **kwargs: Any) -> "Pool":
         """Create a pool at ``path`` from thin_dump XML (see :func:`labkit.thin.xml.restore_xml`)."""
         from .xml import restore_xml
         return restore_xml(fp, path, **kwargs)
