@@ -6,7 +6,7 @@ import shutil
 import tempfile
 
 from hypothesis import HealthCheck, settings, strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from labkit.thin import Pool
 
@@ -22,12 +22,16 @@ class PoolMachine(RuleBasedStateMachine):
         super().__init__()
         self.dir = tempfile.mkdtemp(prefix="lk-thin-prop-")
         self.path = f"{self.dir}/pool"
-        self.pool = Pool.create(self.path, data_size=BS * 40, node_capacity=4, commit_interval=None)
         self.model: dict[int, bytearray] = {}
         self.next_id = 0
 
+    @initialize(node_capacity=st.sampled_from([4, 5, None]))  # tiny nodes grow deep trees quickly
+    def make_pool(self, node_capacity) -> None:
+        self.pool = Pool.create(self.path, data_size=BS * 40, node_capacity=node_capacity, commit_interval=None)
+
     def teardown(self) -> None:
-        self.pool.close()
+        if hasattr(self, "pool"):
+            self.pool.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def _resync(self) -> None:
