@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_bench)
 
-    for mod in ("labkit.thin.cli",):
+    for mod in ("labkit.thin.cli", "labkit.containers.cli"):
         try:
             register: Callable[[argparse._SubParsersAction], None] = importlib.import_module(mod).register
         except (ImportError, AttributeError):

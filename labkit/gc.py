@@ -163,3 +163,6 @@ def _processes(root: str, everything: bool) -> list[Leftover]:
     """Thin pool daemons (FUSE) serving a pool inside the store."""
     return [Leftover("process", str(pid), args, (lambda p=pid: _kill(p)))
             for pid, args in _labkit_processes(root, everything)]
+
+
+from .containers import gc as _containers_gc  # noqa: E402,F401  (registers the runtime's collectors)

@@ -98,3 +98,12 @@ def test_plot_of_a_real_run(tmp_path):
     fig = plot(df)
     ax = fig.axes[0]
     assert ax.get_xscale() == "log" and "seconds" in ax.get_ylabel() and ax.get_lines()
+
+
+@pytest.mark.root
+def test_start_latency_compares_runtimes_in_one_case(tmp_path):
+    df = framework.run("start-latency", repeat=3, root=str(tmp_path), progress=False, runtimes=["labkit", "runc"])
+    measured = df[~df.warmup]
+    assert set(measured.runtime) | set(df.attrs["skipped"]) == {"labkit", "runc"}
+    assert (measured.groupby("runtime").size() == 3).all()
+    assert (measured.seconds > 0).all()

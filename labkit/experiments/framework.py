@@ -95,6 +95,7 @@ class Experiment:
     columns: dict[str, str] = field(default_factory=dict)
     trials_per_case: Callable[[dict[str, Any]], int] = field(default=lambda p: 1)
     summary: Callable[[pd.DataFrame], pd.DataFrame] | None = None
+    whole_list: tuple[str, ...] = ()
 
     def summarize(self, df: pd.DataFrame) -> pd.DataFrame:
         """A small table of medians (warm-up dropped) for the shell and the report."""
@@ -125,11 +126,13 @@ REGISTRY: dict[str, Experiment] = {}
 
 def experiment(name: str, *, title: str, params: Sequence[Param], columns: dict[str, str] | None = None,
                trials_per_case: Callable[[dict[str, Any]], int] | None = None,
-               summary: Callable[[pd.DataFrame], pd.DataFrame] | None = None) -> Callable[[CaseFn], CaseFn]:
-    """Register ``fn(params, repeat, ctx) -> rows`` as experiment ``name``."""
+               summary: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
+               whole_list: Sequence[str] = ()) -> Callable[[CaseFn], CaseFn]:
+    """Register ``fn(params, repeat, ctx) -> rows`` as experiment ``name``. Parameters named in
+    ``whole_list`` reach one case as a list instead of making one case per value."""
     def deco(fn: CaseFn) -> CaseFn:
         REGISTRY[name] = Experiment(name, title, list(params), fn, dict(columns or {}),
-                                    trials_per_case or (lambda p: 1), summary)
+                                    trials_per_case or (lambda p: 1), summary, tuple(whole_list))
         return fn
     return deco
 
@@ -160,6 +163,10 @@ def cases(exp: Experiment, params: dict[str, Any]) -> list[dict[str, Any]]:
     axes = []
     for p in exp.params:
         value = params.get(p.name, p.default)
+        if p.name in exp.whole_list:  # the case takes the whole list (e.g. runtimes compared in one run)
+            value = value.split(",") if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else [value]
+            axes.append([(p.name, [p.convert(v) for v in value])])
+            continue
         if isinstance(value, str) and p.sweep and "," in value:
             value = value.split(",")
         values = list(value) if isinstance(value, (list, tuple)) else [value]
@@ -208,10 +215,14 @@ def run(name: str, *, repeat: int = 3, executor: cf.Executor | None = None, prog
     finally:
         bar.close()
     rows = []
+    skipped: dict[str, str] = {}
     for c, case_rows in results:
         for r in case_rows:
             row = {**c, **r}
             row.setdefault("repeat", 0)
+            if row["repeat"] < 0:  # a row that records a skip (e.g. a runtime not installed)
+                skipped[str(row.get("runtime", row.get("backend", "?")))] = str(row.get("skipped", ""))
+                continue
             row["warmup"] = row["repeat"] == 0
             row.update(host)
             row.setdefault("store_fs", env["store_fs"])
@@ -220,6 +231,7 @@ def run(name: str, *, repeat: int = 3, executor: cf.Executor | None = None, prog
     df.attrs["experiment"] = name
     df.attrs["params"] = {k: v for k, v in params.items()}
     df.attrs["environment"] = env
+    df.attrs["skipped"] = skipped
     return df
 
 
