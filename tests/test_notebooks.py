@@ -12,6 +12,8 @@ NOTEBOOKS = pathlib.Path(__file__).resolve().parent.parent / "notebooks"
 
 SMALL = {
     "00-tour.ipynb": {"repeat": 1},
+    "01-what-a-container-is.ipynb": {},
+    "06-container-use-cases.ipynb": {},
     "02-images-as-snapshots.ipynb": {"image_mib": 4, "write_mib": 1, "containers": 2},
     "04-thin-provisioning.ipynb": {"sizes": ["4M", "64M"], "repeat": 2, "containers": 3, "write": "1M"},
     "05-backends-compared.ipynb": {"size": "16M", "repeat": 1},

@@ -180,6 +180,18 @@ class Attachment:
     netns_fd: int
 
 
+def _off_loop(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """pyroute2's synchronous API drives its own asyncio loop, which fails inside a running one (a
+    Jupyter kernel's cell): run the call in a fresh thread, which has no loop."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kw: Any) -> Any:
+        return _in_thread(lambda: fn(*args, **kw))
+    return wrapper
+
+
+@_off_loop
 def attach(cid: str, cfg: BridgeConfig) -> Attachment:
     """Make a network namespace for ``cid`` wired to the bridge; on any failure nothing is left behind."""
     pr = _pyroute2()
@@ -211,11 +223,11 @@ def attach(cid: str, cfg: BridgeConfig) -> Attachment:
     except BaseException:
         if fd is not None:
             os.close(fd)
-        detach(cid, cfg, ip)
+        _detach(cid, cfg, ip)
         raise
 
 
-def detach(cid: str, cfg: BridgeConfig, ip: str | None) -> None:
+def _detach(cid: str, cfg: BridgeConfig, ip: str | None) -> None:
     """Release ``cid``'s veth (if the namespace still holds it), its address, and the bridge if unused."""
     pr = _pyroute2()
     with pr.IPRoute() as ipr:
@@ -254,6 +266,9 @@ def wait_gone(cid: str, timeout: float = 2.0) -> None:
         time.sleep(0.005)
 
 
+detach = _off_loop(_detach)
+
+
 def links() -> list[tuple[str, str]]:
     """(name, kind) of every ``lk-*`` interface in the host namespace (veth or bridge), from sysfs."""
     out = []
@@ -282,6 +297,7 @@ def ipam_records() -> list[tuple[str, str, str]]:
     return out
 
 
+@_off_loop
 def delete_link(name: str) -> None:
     """Delete one host interface by name (no error when it is already gone)."""
     pr = _pyroute2()

@@ -44,6 +44,13 @@ class OverlaySnapshotter(BaseSnapshotter):
         self.max_layers = max_layers
         super().__init__(root)
 
+    @property
+    def mount_name(self) -> str:
+        """Prefix of this store's overlay mount sources: ``labkit-overlay-<hash of the store root>``, so
+        that snapshot 2 of one store is never taken for snapshot 2 of another."""
+        import hashlib
+        return "labkit-overlay-" + hashlib.sha1(self.root.encode()).hexdigest()[:8]
+
     @classmethod
     def supported(cls, root: str) -> str | None:
         if not is_root():
@@ -81,10 +88,10 @@ class OverlaySnapshotter(BaseSnapshotter):
                 return Mount("bind", self.path(row, "fs"), ("ro",))
             if len(lowers) == 1:
                 return Mount("bind", lowers[0], ("ro",))
-            return Mount("overlay", f"labkit-overlay-{row.id}", ("ro", *(f"lowerdir+={d}" for d in lowers), "redirect_dir=follow"))
+            return Mount("overlay", f"{self.mount_name}-{row.id}", ("ro", *(f"lowerdir+={d}" for d in lowers), "redirect_dir=follow"))
         if not lowers:
             return Mount("bind", self.path(row, "fs"))
-        return Mount("overlay", f"labkit-overlay-{row.id}",
+        return Mount("overlay", f"{self.mount_name}-{row.id}",
                      (*(f"lowerdir+={d}" for d in lowers), f"upperdir={self.path(row, 'fs')}",
                       f"workdir={self.path(row, 'work')}", "redirect_dir=on", "index=on"))
 
@@ -127,7 +134,7 @@ class OverlaySnapshotter(BaseSnapshotter):
         if not upper_of:
             return
         merged = (Mount("bind", lowers[0], ("ro",)) if len(lowers) == 1 else
-                  Mount("overlay", f"labkit-overlay-{row.id}-links",
+                  Mount("overlay", f"{self.mount_name}-{row.id}-links",
                         ("ro", *(f"lowerdir+={d}" for d in lowers), "redirect_dir=follow")))
         target = tempfile.mkdtemp(prefix="links-", dir=self.path(row))
         try:
@@ -175,7 +182,7 @@ class OverlaySnapshotter(BaseSnapshotter):
 
     def _flatten(self, row: Row, lowers: list[str]) -> None:
         """Replace ``row``'s upper layer with the merged content of it and its lowers."""
-        merged = Mount("overlay", f"labkit-overlay-{row.id}-flatten",
+        merged = Mount("overlay", f"{self.mount_name}-{row.id}-flatten",
                        ("ro", f"lowerdir+={self.path(row, 'fs')}", *(f"lowerdir+={d}" for d in lowers),
                         "redirect_dir=follow"))
         flat = self.path(row, "fs.flat")
