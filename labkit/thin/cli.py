@@ -10,9 +10,10 @@ The main CLI calls :func:`register` with its subparsers object; each command set
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from ..errors import InvalidArgument
+from ..errors import FailedPrecondition, InvalidArgument
 
 LS_FIELDS = ("DEV", "MAPPED_BLOCKS", "EXCLUSIVE_BLOCKS", "SHARED_BLOCKS", "MAPPED", "EXCLUSIVE", "SHARED",
              "TRANSACTION", "CREATE_TIME", "SNAP_TIME")
@@ -40,17 +41,47 @@ def disk_unit(nbytes: int) -> str:
     return f"{text}{units[i]}"
 
 
+def _ask_daemon(path: str, op: str):
+    """The answer of the daemon that holds the pool open (None when no daemon serves it)."""
+    from .client import PoolClient
+    c = PoolClient(path, os.path.join(os.path.dirname(os.path.abspath(path)), "dev"))
+    if not c._connect():
+        return None
+    try:
+        with c._lock:
+            reply = c._call_raw(op)
+    finally:
+        c.close()
+    return reply.get("ok")
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     """Recount every reference and check every tree; exit 1 if anything is wrong."""
-    with _open(args.path) as pool:
+    try:
+        pool = _open(args.path)
+    except FailedPrecondition:
+        rep = _ask_daemon(args.path, "check")  # a running daemon holds it: let it check its own pool
+        if rep is None:
+            raise
+        print("checked by the pool's daemon:", "ok" if rep["ok"] else "\n".join(rep["problems"]))
+        return 0 if rep["ok"] else 1
+    with pool:
         rep = pool.check()
     print(rep)
     return 0 if rep.ok else 1
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Print the dm-thin status line."""
-    with _open(args.path) as pool:
+    """Print the dm-thin status line (asking the pool's daemon when one holds it)."""
+    try:
+        pool = _open(args.path)
+    except FailedPrecondition:
+        st = _ask_daemon(args.path, "status")
+        if st is None:
+            raise
+        print(st["line"])
+        return 0
+    with pool:
         print(pool.status())
     return 0
 
