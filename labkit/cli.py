@@ -133,10 +133,31 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _hoist_root(argv: list[str]) -> list[str]:
+    """Accept the global ``--root DIR`` after the command too (``labkit gc --root DIR``), as people type it.
+
+    >>> _hoist_root(["gc", "--root", "/x", "--all"])
+    ['--root', '/x', 'gc', '--all']
+    """
+    out, front, i = [], [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--root" and i + 1 < len(argv):
+            front += [a, argv[i + 1]]
+            i += 2
+            continue
+        if a.startswith("--root="):
+            front.append(a)
+        else:
+            out.append(a)
+        i += 1
+    return front + out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``labkit`` console script."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_hoist_root(list(sys.argv[1:] if argv is None else argv)))
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -44,3 +44,8 @@ def test_unknown_backend_is_one_line_error(tmp_path, capsys):
 def test_no_command_prints_help(capsys):
     assert main([]) == 2
     assert "usage" in capsys.readouterr().out
+
+
+def test_root_is_accepted_after_the_command(tmp_path, capsys):
+    assert main(["gc", "--root", str(tmp_path), "--dry-run"]) == 0
+    assert str(tmp_path) in capsys.readouterr().out
