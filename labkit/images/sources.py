@@ -70,9 +70,9 @@ def debian_tarball(cache_dir: str, *, suite: str = "bookworm", variant: str = "m
     if not tool:
         raise errors.Unsupported("the debian image", "needs mmdebstrap", fix="apt-get install mmdebstrap")
     mirror = mirror or debian_mirror()
-    tmp = out + f".part-{os.getpid()}"
+    tmp = os.path.join(cache_dir, f".part-{os.getpid()}-debian-{suite}-{variant}.tar")
     try:
-        res = subprocess.run([tool, "--quiet", f"--variant={variant}", "--mode=root", suite, tmp, mirror],
+        res = subprocess.run([tool, "--quiet", f"--variant={variant}", "--mode=root", "--format=tar", suite, tmp, mirror],
                              capture_output=True, text=True, timeout=timeout)
         if res.returncode:
             tail = " | ".join(res.stderr.strip().splitlines()[-3:])
@@ -80,7 +80,9 @@ def debian_tarball(cache_dir: str, *, suite: str = "bookworm", variant: str = "m
                                             fix="check that the mirror is reachable (apt-get update)")
         os.rename(tmp, out)
     finally:
-        if os.path.exists(tmp):
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp)
+        elif os.path.exists(tmp):
             os.unlink(tmp)
     return out
 
