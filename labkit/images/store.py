@@ -272,17 +272,32 @@ class ImageStore:
         return self._with_view(snap, content_size)
 
     def _with_view(self, snap: str, fn: Callable[[str], Any]) -> Any:
+        with self._view(snap) as target:
+            return fn(target)
+
+    @contextmanager
+    def _view(self, snap: str) -> Iterator[str]:
         key = f"imgview-{os.urandom(6).hex()}"
         mnt_dir = tempfile.mkdtemp(prefix="view-", dir=self.root)
         try:
             mnt = self.sn.view(key, snap, labels={"labkit.image.view": snap})
             try:
                 with mnt.mount(mnt_dir) as target:
-                    return fn(target)
+                    yield target
             finally:
                 self.sn.remove(key)
         finally:
             os.rmdir(mnt_dir)
+
+    @contextmanager
+    def mounted(self, ref: str) -> Iterator[str]:
+        """A read-only view of the image mounted on a temporary directory for a ``with`` block.
+
+        >>> with store.mounted("busybox") as root:       # doctest: +SKIP
+        ...     os.listdir(root)
+        """
+        with self._view(self._row(self.resolve(ref))["snapshot"]) as target:
+            yield target
 
     def export(self, ref: str, tarpath: str | os.PathLike[str]) -> int:
         """Write the image's root filesystem as a PAX tar (numeric owners) through a read-only view;

@@ -42,7 +42,8 @@ def test_debian_minbase(tmp_path, monkeypatch) -> None:
                 assert f.read().startswith("12")
             assert os.stat(os.path.join(root, "usr", "bin", "su")).st_mode & 0o4000   # setuid kept
             assert os.path.islink(os.path.join(root, "bin"))                           # merged /usr
-        store._with_view(f"img-{second}", check)
+        with store.mounted(second) as r:
+            check(r)
     finally:
         store.close()
         sn.close()

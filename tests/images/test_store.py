@@ -160,3 +160,40 @@ def _tiny(tmp_path) -> str:
         with tarfile.open(p, "w") as tf:
             tf.add(src / "f", arcname="f")
     return str(p)
+
+
+@pytest.mark.parametrize("store", [b for b in ("copy", "overlay") if b in BACKENDS], indirect=True)
+def test_layer_and_dir_import(store: ImageStore, tmp_path) -> None:
+    import io
+    base = store.import_busybox(tag="busybox")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for name, data in (("etc/.wh.hostname", b""), ("bin/.wh..wh..opq", b""), ("bin/only", b"x")):
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+    (tmp_path / "layer.tar").write_bytes(buf.getvalue())
+    top = store.import_tar(tmp_path / "layer.tar", parent="busybox", tag="layered")
+    assert store.history("layered")[1]["id"] == base[:12]
+
+    def look(root: str) -> None:
+        assert not os.path.exists(os.path.join(root, "etc", "hostname"))
+        assert os.listdir(os.path.join(root, "bin")) == ["only"]
+        assert os.path.exists(os.path.join(root, "etc", "passwd"))
+    with store.mounted(top) as r:
+        look(r)
+
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "f").write_text("hi")
+    os.chown(src / "d" / "f", 1234, 5678)
+    os.chmod(src / "d" / "f", 0o4750)
+    os.setxattr(src / "d" / "f", "user.lab", b"kit")
+    img = store.import_dir(src, tag="fromdir")
+
+    def same(root: str) -> None:
+        st = os.lstat(os.path.join(root, "d", "f"))
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (1234, 5678, 0o4750)
+        assert os.getxattr(os.path.join(root, "d", "f"), "user.lab") == b"kit"
+    with store.mounted(img) as r:
+        same(r)
