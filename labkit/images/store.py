@@ -332,6 +332,7 @@ class ImageStore:
         with self._tx() as db:
             image_id = self.resolve(ref)
             db.execute("INSERT OR REPLACE INTO tags(ref,image) VALUES (?,?)", (new_ref, image_id))
+            db.execute("UPDATE images SET removal_pending=0 WHERE id=?", (image_id,))   # wanted again
         return new_ref
 
     def untag(self, tag: str) -> str:
@@ -427,6 +428,45 @@ class ImageStore:
                     freed += self._delete(i)
                     deleted.append(i)
         return {"deleted": deleted, "freed": freed}
+
+    def check(self, *, repair: bool = False) -> list[str]:
+        """What a crash left inconsistent between images.db and the snapshotter; ``repair`` fixes it.
+
+        Finds build (``imgbuild-*``) and view (``imgview-*``) snapshots nobody finished, committed
+        ``img-*`` snapshots without an image row, and rows whose snapshot is gone. Repair removes the
+        snapshots (mounted ones are left for ``labkit gc`` to unmount first) and the orphan rows.
+        Mounts left under the store root are ``labkit gc``'s job.
+
+        >>> store.check()         # doctest: +SKIP
+        []
+        """
+        problems: list[str] = []
+        with self._lock:
+            rows = {r[1]: r[0] for r in self.db.execute("SELECT id, snapshot FROM images")}
+            infos = {i.name: i for i in self.sn.walk()}
+            stale = [i for i in infos.values() if i.kind is not Kind.COMMITTED
+                     and ("labkit.image.build" in i.labels or "labkit.image.view" in i.labels)]
+            orphans = [i for i in infos.values() if i.kind is Kind.COMMITTED
+                       and i.name.startswith(SNAPSHOT_PREFIX) and i.name not in rows]
+            for i in stale:
+                problems.append(f"unfinished {i.kind.value} snapshot {i.name}")
+            for i in orphans:
+                problems.append(f"snapshot {i.name} has no image row")
+            missing = [img for snap, img in rows.items() if snap not in infos]
+            for img in missing:
+                problems.append(f"image {img[:12]} has no snapshot")
+            if repair:
+                for i in stale + orphans:
+                    try:
+                        self.sn.remove(i.name)
+                    except errors.FailedPrecondition as e:
+                        problems.append(f"not repaired: {e}")
+                with self._tx() as db:
+                    for img in missing:
+                        db.execute("UPDATE images SET parent=NULL WHERE parent=?", (img,))
+                        db.execute("DELETE FROM tags WHERE image=?", (img,))
+                        db.execute("DELETE FROM images WHERE id=?", (img,))
+        return problems
 
     # ---- looking ------------------------------------------------------------------------------------
     def _all_rows(self) -> list[dict[str, Any]]:

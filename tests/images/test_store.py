@@ -197,3 +197,15 @@ def test_layer_and_dir_import(store: ImageStore, tmp_path) -> None:
         assert os.getxattr(os.path.join(root, "d", "f"), "user.lab") == b"kit"
     with store.mounted(img) as r:
         same(r)
+
+
+@pytest.mark.parametrize("store", ["copy"], indirect=True)
+def test_check_after_crash(store: ImageStore) -> None:
+    sn = store.sn
+    store.import_busybox(tag="busybox")
+    sn.prepare("imgbuild-deadbeef0000", None, labels={"labkit.image.build": "x"})   # died while filling
+    sn.prepare("k", None)
+    sn.commit("img-" + "0" * 64, "k")                                              # died before the row
+    assert len(store.check()) == 2
+    assert len(store.check(repair=True)) == 2 and store.check() == []
+    assert [i.name for i in sn.walk()] == [f"img-{store.resolve('busybox')}"]
