@@ -52,6 +52,8 @@ DEFAULT_LIMITS = {"max_member_size": 64 << 30, "max_total_size": 256 << 30, "max
                   "max_name": 4096}
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _WH = ".wh."
+_ARCHIVE_ERRNOS = {errno.EINVAL, errno.ENAMETOOLONG, errno.EEXIST, errno.ENOTDIR, errno.ELOOP, errno.EISDIR,
+                   errno.EPERM, errno.EXDEV, errno.EMLINK}
 _OPQ = ".wh..wh..opq"
 
 
@@ -217,13 +219,18 @@ def extract(archive: str | os.PathLike[str] | BinaryIO, root: str | os.PathLike[
             elif not (m.isreg() or m.isdir() or m.issym() or m.islnk() or m.isfifo()):
                 res.skipped.append(f"{m.name}: unsupported member type {m.type!r}")
                 continue
-            pfd = _open_parent(root_fd, parts, m.name, create=True)
             try:
-                _one(tf, m, parts, pfd, root_fd, res, same_owner=same_owner, keep_setuid=keep_setuid,
-                     max_name=max_name, max_member_size=max_member_size, max_total_size=max_total_size,
-                     dir_times=dir_times)
-            finally:
-                os.close(pfd)
+                pfd = _open_parent(root_fd, parts, m.name, create=True)
+                try:
+                    _one(tf, m, parts, pfd, root_fd, res, same_owner=same_owner, keep_setuid=keep_setuid,
+                         max_name=max_name, max_member_size=max_member_size, max_total_size=max_total_size,
+                         dir_times=dir_times)
+                finally:
+                    os.close(pfd)
+            except OSError as e:
+                if e.errno in _ARCHIVE_ERRNOS:     # the archive's fault: name the member
+                    raise _bad(m.name, f"cannot be created: {e.strerror}") from None
+                raise OSError(e.errno, f"{e.strerror} (extracting archive member {m.name!r})") from e
             if whiteouts:
                 layer_made.add(tuple(parts))
         for parts, mtime in reversed(dir_times):

@@ -118,6 +118,12 @@ CORPUS = [
     ("nul-in-name", lambda s: _archive([_pax_name(_f("x"), "a\x00b")]), "a\x00b", {}),
     ("nul-in-symlink-target", lambda s: _archive([_pax_link(_sym("l", "x"), "ok\x00/etc")]), "l", {}),
     ("whiteout-escape", lambda s: _archive([_f("../.wh.sentinel")]), "../.wh.sentinel", {"whiteouts": True}),
+    ("whiteout-through-symlink", lambda s: _archive([_sym("w", s), _f("w/.wh.secret", b"")]), "w/.wh.secret",
+     {"whiteouts": True}),
+    ("opaque-through-symlink", lambda s: _archive([_sym("o", s), _f("o/.wh..wh..opq", b"")]), "o/.wh..wh..opq",
+     {"whiteouts": True}),
+    ("hardlink-to-directory", lambda s: _archive([_dir("d"), _hard("h", "d")]), "h", {}),
+    ("hardlink-before-target", lambda s: _archive([_hard("h", "later"), _f("later")]), "h", {}),
     ("symlink-then-hardlink-write", lambda s: _archive([_sym("t", f"{s}/secret"), _hard("x", "t"),
                                                        _f("x", b"overwrite")]), None, {}),
 ]
