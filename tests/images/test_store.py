@@ -149,6 +149,17 @@ def test_refs_and_failures(store: ImageStore, tmp_path) -> None:
     c = store.import_tar(_tiny(tmp_path), tag="t1")
     assert store.resolve("t1") == c and store.inspect(a)["tags"] == []
     assert store.prune()["deleted"] == [a]
+    # commit is refused while the container's rootfs is mounted, and a bad tag consumes nothing
+    m = store.sn.prepare("run1", f"img-{c}", labels={"labkit.container": "run1"})
+    (tmp_path / "mnt").mkdir()
+    with m.mount(tmp_path / "mnt"):
+        with pytest.raises(errors.FailedPrecondition, match="mounted"):
+            store.commit("run1", "t3")
+    with pytest.raises(errors.InvalidArgument, match="BAD"):
+        store.commit("run1", "BAD")
+    assert store.sn.stat("run1").kind.value == "active"
+    new = store.commit("run1", None, created_by="nothing")
+    assert store.inspect(new)["parent"] == c and store.inspect(new)["tags"] == []
 
 
 def _tiny(tmp_path) -> str:
