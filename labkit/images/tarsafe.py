@@ -42,7 +42,7 @@ import stat
 import subprocess
 import tarfile
 from dataclasses import dataclass, field
-from typing import IO, BinaryIO
+from typing import BinaryIO
 
 from .. import errors
 
@@ -65,10 +65,6 @@ class ExtractResult:
     bytes: int = 0
     skipped: list[str] = field(default_factory=list)
     whiteouts: int = 0
-
-
-class _Bad(Exception):
-    pass
 
 
 def _bad(member: str, why: str, fix: str = "the archive is unsafe; fix or rebuild it") -> errors.InvalidArgument:

@@ -111,7 +111,7 @@ def test_workflow(store: ImageStore, tmp_path) -> None:
     store.export("busybox", out)
     with tarfile.open(out) as tf:
         assert "bin/busybox" in tf.getnames()
-    again = store.import_tar(out, tag="bb2")
+    store.import_tar(out, tag="bb2")
     assert store.inspect("bb2")["size"] == store.inspect("busybox")["size"]
     assert store.prune(all=True)["deleted"] and store.images().empty
     assert [i.name for i in sn.walk()] == []
