@@ -33,6 +33,7 @@ from . import tarsafe
 from .busybox import build_busybox_rootfs
 from .reference import normalize
 from .sources import content_size, debian_tarball
+from .sync import sync_tree
 
 __all__ = ["ImageStore", "SNAPSHOT_PREFIX"]
 
@@ -234,10 +235,12 @@ class ImageStore:
                                created_by=f"mmdebstrap --variant=minbase {suite}")
 
     def commit(self, active_key: str, tag: str | None = None, *, created_by: str = "", comment: str = "") -> str:
-        """Turn a container's (unmounted) active snapshot into a new image whose parent is its image.
+        """Turn a container's active snapshot into a new image whose parent is the container's image.
 
-        The active key is consumed (the snapshot contract's commit). Refused while it is mounted: stop the
-        container first, so no write lands after the image is frozen.
+        A stopped container (its snapshot not mounted) is committed in place: the key is consumed, as in
+        the snapshot contract. A container still mounted (running, best frozen) keeps its snapshot: a fresh
+        snapshot of its image receives only what differs (:func:`labkit.images.sync.sync_tree`), so
+        unchanged files stay shared on copy-on-write backends.
 
         >>> store.commit("c1", "app:v2", created_by="sh -c 'echo hi > /hello'")   # doctest: +SKIP
         """
@@ -254,8 +257,9 @@ class ImageStore:
             parent_id = r[0]
         where = self.sn.mounts(active_key).targets()
         if where:
-            raise errors.FailedPrecondition(f"container snapshot {active_key!r}", f"is mounted at {where[0]}",
-                                            fix="stop the container (unmount its rootfs) before committing")
+            live = where[-1]
+            return self._build(lambda target: sync_tree(live, target), parent=parent_id, tag=ref,
+                               created_by=created_by, comment=comment)
         image_id = _new_id()
         snap = SNAPSHOT_PREFIX + image_id
         self.sn.commit(snap, active_key, labels={"labkit.image": image_id})

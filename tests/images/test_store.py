@@ -58,6 +58,10 @@ def test_workflow(store: ImageStore, tmp_path) -> None:
         (target / "hello").write_bytes(os.urandom(100_000))
         os.sync()
         os.unlink(target / "etc" / "hostname")
+        live = store.commit("c1", "live:v0", created_by="frozen commit")     # still mounted: c1 stays
+        assert sn.stat("c1").kind.value == "active"
+        assert store.inspect("live:v0")["size"] == store.inspect("busybox")["size"] + 100_000 - len("labkit\n")
+        assert store.rmi("live:v0")["deleted"] == [live]
     with pytest.raises(errors.FailedPrecondition, match="web"):
         store.rmi("busybox")
     assert store.whatrequires("busybox") == {"images": [], "containers": ["web"]}
@@ -151,10 +155,25 @@ def test_refs_and_failures(store: ImageStore, tmp_path) -> None:
     assert store.prune()["deleted"] == [a]
     # commit is refused while the container's rootfs is mounted, and a bad tag consumes nothing
     m = store.sn.prepare("run1", f"img-{c}", labels={"labkit.container": "run1"})
-    (tmp_path / "mnt").mkdir()
-    with m.mount(tmp_path / "mnt"):
-        with pytest.raises(errors.FailedPrecondition, match="mounted"):
-            store.commit("run1", "t3")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    with m.mount(mnt):
+        # a running (frozen) container keeps its snapshot; the image gets only the differences
+        (mnt / "added").write_text("new")
+        os.link(mnt / "added", mnt / "again")
+        os.symlink("/f", mnt / "lnk")
+        os.unlink(mnt / "f")
+        live = store.commit("run1", "t3", created_by="frozen")
+        assert store.sn.stat("run1").kind.value == "active"
+        with store.mounted(live) as r:
+            assert sorted(os.listdir(r)) == ["added", "again", "lnk"]
+            assert os.path.samefile(os.path.join(r, "added"), os.path.join(r, "again"))
+            assert os.readlink(os.path.join(r, "lnk")) == "/f"
+        assert store.inspect(live)["parent"] == c
+        store.rmi(live)
+        (mnt / "added").unlink()
+        (mnt / "again").unlink()
+        (mnt / "lnk").unlink()
     with pytest.raises(errors.InvalidArgument, match="BAD"):
         store.commit("run1", "BAD")
     assert store.sn.stat("run1").kind.value == "active"
