@@ -224,6 +224,48 @@ class ImageStore:
         return self._build(lambda t: tarsafe.extract(path, t, **limits), parent=parent, tag=tag,
                            created_by=created_by or f"labkit import tar {os.path.basename(path)}", comment=comment)
 
+    def import_docker_save(self, archive: str | os.PathLike[str], *, tag: str | None = None,
+                           **limits: Any) -> list[str]:
+        """Import the first image of a ``docker save`` archive as a chain of images, one per layer.
+
+        Each layer tar is read straight out of the archive (nothing of the outer tar is extracted) and
+        applied on the previous one with whiteouts. The top image gets ``tag`` or the archive's first
+        RepoTag. Returns the ids, base first; a failing layer leaves the layers before it as untagged
+        images (``prune()`` removes them).
+
+        >>> store.import_docker_save("alpine.tar")     # doctest: +SKIP
+        """
+        import json
+        path = os.fspath(archive)
+        with tarfile.open(path, "r:*") as outer:
+            try:
+                mf = outer.getmember("manifest.json")
+            except KeyError:
+                raise errors.InvalidArgument(f"archive {path}", "has no manifest.json",
+                                             fix="give the output of `docker save`") from None
+            if not mf.isreg() or mf.size > 16 << 20:
+                raise errors.InvalidArgument(f"archive member 'manifest.json' of {path}", "is not a small file")
+            manifest = json.load(outer.extractfile(mf))
+            if not isinstance(manifest, list) or not manifest or not isinstance(manifest[0].get("Layers"), list):
+                raise errors.InvalidArgument(f"manifest.json of {path}", "has no Layers list")
+            entry = manifest[0]
+            ref = tag or (entry.get("RepoTags") or [None])[0]
+            ids: list[str] = []
+            for n, layer in enumerate(entry["Layers"]):
+                try:
+                    member = outer.getmember(layer)
+                except KeyError:
+                    raise errors.InvalidArgument(f"layer {layer!r} of {path}", "is not in the archive") from None
+                if not member.isreg():
+                    raise errors.InvalidArgument(f"layer {layer!r} of {path}", "is not a regular member")
+                last = n == len(entry["Layers"]) - 1
+                data = outer.extractfile(member)
+                ids.append(self._build(
+                    lambda t, d=data: tarsafe.extract(d, t, whiteouts=True, **limits),
+                    parent=ids[-1] if ids else None, tag=ref if last else None,
+                    created_by=f"labkit import docker-save {os.path.basename(path)} layer {n + 1}/{len(entry['Layers'])}"))
+        return ids
+
     def import_debian(self, *, tag: str | None = "debian:bookworm", suite: str = "bookworm") -> str:
         """Debian minbase from the host's apt mirror via mmdebstrap, cached under ``<root>/cache``.
 

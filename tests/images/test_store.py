@@ -239,3 +239,34 @@ def test_check_after_crash(store: ImageStore) -> None:
     assert len(store.check()) == 2
     assert len(store.check(repair=True)) == 2 and store.check() == []
     assert [i.name for i in sn.walk()] == [f"img-{store.resolve('busybox')}"]
+
+
+@pytest.mark.parametrize("store", [b for b in ("overlay",) if b in BACKENDS], indirect=True)
+def test_docker_save_import(store: ImageStore, tmp_path) -> None:
+    import io
+    import json
+
+    def layer(members) -> bytes:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tf:
+            for name, data in members:
+                ti = tarfile.TarInfo(name)
+                ti.size = len(data)
+                tf.addfile(ti, io.BytesIO(data))
+        return buf.getvalue()
+    l1 = layer([("etc/os", b"base"), ("etc/gone", b"x"), ("var/cache/a", b"a")])
+    l2 = layer([("etc/.wh.gone", b""), ("var/cache/.wh..wh..opq", b""), ("app", b"bin")])
+    outer = tmp_path / "save.tar"
+    manifest = json.dumps([{"Config": "c.json", "RepoTags": ["demo:1"], "Layers": ["l1/layer.tar", "l2/layer.tar"]}])
+    with tarfile.open(outer, "w") as tf:
+        for name, data in (("manifest.json", manifest.encode()), ("l1/layer.tar", l1), ("l2/layer.tar", l2)):
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+    ids = store.import_docker_save(outer)
+    assert len(ids) == 2 and store.resolve("demo:1") == ids[1]
+    assert [h["id"] for h in store.history("demo:1")] == [ids[1][:12], ids[0][:12]]
+    with store.mounted("demo:1") as r:
+        assert sorted(os.listdir(os.path.join(r, "etc"))) == ["os"]
+        assert os.listdir(os.path.join(r, "var", "cache")) == []
+        assert open(os.path.join(r, "app")).read() == "bin"
