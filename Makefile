@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := btrfs-progs xfsprogs e2fsprogs util-linux thin-provisioning-tools busybox-static fuse3 libfuse3-3 kmod dmsetup runc crun iptables
+APT_PACKAGES := btrfs-progs xfsprogs e2fsprogs util-linux thin-provisioning-tools busybox-static fuse3 libfuse3-3 kmod dmsetup runc crun iptables mmdebstrap zstd
 PYTEST_ARGS ?=
 
 RESULTS ?= data/results

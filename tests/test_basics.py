@@ -41,7 +41,7 @@ def test_error_messages_are_one_line_with_subject_and_fix():
 
 
 def test_public_api_is_pinned():
-    assert labkit.__all__ == ["__version__"]
+    assert labkit.__all__ == ["__version__", "Lab"] and labkit.Lab.__doc__
     assert sorted(labkit.snapshots.__all__) == sorted([
         "Snapshotter", "BaseSnapshotter", "Info", "Kind", "Usage", "Mount", "Mounted", "parse_filters",
         "backend_names", "backend_status", "default_backend", "open_snapshotter", "BackendStatus"])

@@ -1,0 +1,54 @@
+"""The column's figure-2 workflow through the Lab facade, on every backend that runs here."""
+from __future__ import annotations
+
+import pytest
+
+from labkit import Lab, errors
+from labkit.snapshots import backend_status
+
+pytestmark = pytest.mark.root
+BACKENDS = [s.name for s in backend_status("/tmp") if s.available]
+OPTIONS = {"thin": {"data_size": "2G", "base_size": "512M"}, "btrfs": {"loop_size": "1G"},
+           "reflink": {"loop_size": "1G"}}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_figure_2_workflow(tmp_path, backend):
+    with Lab(str(tmp_path / "lab"), backend, **OPTIONS.get(backend, {})) as lab:
+        lab.import_image("busybox", tag="busybox")
+        c = lab.run("busybox", ["sh", "-c", "mkdir -p /app && echo v1 > /app/version"], name="build")
+        assert c.exit_code == 0, c.output
+        new = lab.commit(c, "app:v1")
+        c.remove()
+        assert [i.name for i in lab.sn.walk("name==ctr-build")] == []          # its snapshot is gone
+        run = lab.run("app:v1", ["cat", "/app/version"], rm=True, name="reader")
+        assert run.output == "v1\n" and run.exit_code == 0
+        assert [i.name for i in lab.sn.walk("labels.labkit.container==reader")] == []   # --rm threw it away
+        hist = lab.store.history("app:v1")
+        assert hist[0]["created_by"].startswith("sh -c mkdir") and len(hist) == 2
+        images = lab.images()
+        assert len(images) == 2 and new[:12] in set(images.id)
+        assert "app:v1" in lab.tree()
+        with pytest.raises(errors.LabkitError):
+            lab.run("no-such-image", ["true"])
+        assert [i.name for i in lab.sn.walk("kind==active")] == []              # nothing half-made
+
+
+def test_running_container_commit_and_exec(tmp_path):
+    with Lab(str(tmp_path / "lab"), "overlay") as lab:
+        lab.import_image("busybox", tag="busybox")
+        c = lab.run("busybox", ["sh", "-c", "echo live > /state; sleep 30"], name="svc", detach=True)
+        try:
+            for _ in range(100):
+                if c.exec(["cat", "/state"])[1] == "live\n":
+                    break
+            code, out = c.exec(["ps", "-o", "pid,comm"])
+            pids = [line.split()[0] for line in out.splitlines()[1:]]
+            assert code == 0 and pids[0] == "1" and len(pids) <= 3, out           # its own PID namespace
+            lab.commit(c, "svc:snap")
+            assert c.status == "running"                                         # frozen, not stopped
+            c.stop(timeout=1)
+        finally:
+            c.remove(force=True)
+        r = lab.run("svc:snap", ["cat", "/state"], rm=True)
+        assert r.output == "live\n"
