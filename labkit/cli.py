@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_bench)
 
-    for mod in ("labkit.thin.cli", "labkit.containers.cli"):
+    for mod in ("labkit.thin.cli", "labkit.containers.cli", "labkit.cli_lab"):
         try:
             register: Callable[[argparse._SubParsersAction], None] = importlib.import_module(mod).register
         except (ImportError, AttributeError):
@@ -134,19 +134,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _hoist_root(argv: list[str]) -> list[str]:
-    """Accept the global ``--root DIR`` after the command too (``labkit gc --root DIR``), as people type it.
+    """Accept the global ``--root DIR`` and ``--backend NAME`` after the command too (``labkit gc --root
+    DIR``), as people type them; not after ``--`` (a container's own arguments), and ``--backend`` stays
+    with ``bench``, which takes a list there.
 
     >>> _hoist_root(["gc", "--root", "/x", "--all"])
     ['--root', '/x', 'gc', '--all']
+    >>> _hoist_root(["run", "img", "--backend", "thin", "--", "ls", "--root", "/"])
+    ['--backend', 'thin', 'run', 'img', '--', 'ls', '--root', '/']
     """
+    hoist = {"--root"} if "bench" in argv[:3] else {"--root", "--backend"}
     out, front, i = [], [], 0
     while i < len(argv):
         a = argv[i]
-        if a == "--root" and i + 1 < len(argv):
+        if a == "--":
+            out += argv[i:]
+            break
+        if a in hoist and i + 1 < len(argv):
             front += [a, argv[i + 1]]
             i += 2
             continue
-        if a.startswith("--root="):
+        if any(a.startswith(h + "=") for h in hoist):
             front.append(a)
         else:
             out.append(a)

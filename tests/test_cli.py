@@ -49,3 +49,20 @@ def test_no_command_prints_help(capsys):
 def test_root_is_accepted_after_the_command(tmp_path, capsys):
     assert main(["gc", "--root", str(tmp_path), "--dry-run"]) == 0
     assert str(tmp_path) in capsys.readouterr().out
+
+
+@pytest.mark.root
+def test_docker_shaped_verbs(tmp_path):
+    R = ["--root", str(tmp_path / "lab"), "--backend", "overlay"]
+    assert labkit("image", "import", "busybox", "--tag", "busybox", *R).returncode == 0
+    r = labkit("run", "--name", "b1", "busybox", *R, "--", "sh", "-c", "echo hi > /hello")
+    assert r.returncode == 0, r.stderr
+    assert labkit("commit", "b1", "hello:v1", *R).returncode == 0
+    assert labkit("rm", "b1", *R).returncode == 0
+    r = labkit("run", "--rm", "hello:v1", *R, "--", "cat", "/hello")
+    assert r.stdout == "hi\n", r.stderr
+    assert "hello:v1" in labkit("image", "tree", *R).stdout
+    r = labkit("image", "rm", "busybox", *R)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "used by image" in r.stderr
+    r = labkit("run", "nope:1", *R, "--", "true")
+    assert r.returncode == 1 and "not found" in r.stderr and r.stderr.count("\n") == 1
