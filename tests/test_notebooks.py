@@ -14,6 +14,8 @@ SMALL = {
     "00-tour.ipynb": {"repeat": 1},
     "01-what-a-container-is.ipynb": {},
     "06-container-use-cases.ipynb": {},
+    "07-image-sprawl.ipynb": {"steps": 3},
+    "03-install-and-commit.ipynb": {"backend": "overlay"},
     "02-images-as-snapshots.ipynb": {"image_mib": 4, "write_mib": 1, "containers": 2},
     "04-thin-provisioning.ipynb": {"sizes": ["4M", "64M"], "repeat": 2, "containers": 3, "write": "1M"},
     "05-backends-compared.ipynb": {"size": "16M", "repeat": 1},
