@@ -1,4 +1,4 @@
-"""Shared fixtures, and the host-hygiene check: the suite must leave no labkit mount or loop device.
+"""Shared fixtures, and the host-hygiene check: the suite must leave no labkit mount, loop device, lk-* link or container cgroup.
 
 At session start the plugin records the host's mounts and loop devices; at the end any new mount or loop
 device (and any mount whose source or target names labkit or a pytest temp dir) fails the run.
@@ -17,6 +17,15 @@ ROOT_REASON = "needs root (mounts, loop devices); run the suite as root, e.g. in
 def _host_state() -> tuple[set[tuple[str, str]], set[str]]:
     ms = {(m.target, m.source) for m in mounts.mountinfo()}
     loops = {f"{lp.dev} {lp.backing_file}" for lp in loop.list_loops()}
+    # network links and container cgroups of labkit's (netns go with their processes; see tests/containers)
+    try:
+        loops |= {f"link {n}" for n in os.listdir("/sys/class/net") if n.startswith("lk")}
+    except FileNotFoundError:
+        pass
+    for ctl in ("memory", "pids", "cpu", "freezer"):
+        base = f"/sys/fs/cgroup/{ctl}/labkit"
+        if os.path.isdir(base):
+            loops |= {f"cgroup {ctl}/labkit/{d}" for d in os.listdir(base) if os.path.isdir(os.path.join(base, d))}
     return ms, loops
 
 
@@ -35,7 +44,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     new_mounts = sorted(ms - _BEFORE[0])
     new_loops = sorted(loops - _BEFORE[1])
     if new_mounts or new_loops:
-        lines = [f"  mount {t} ({s})" for t, s in new_mounts] + [f"  loop {lp}" for lp in new_loops]
+        lines = [f"  mount {t} ({s})" for t, s in new_mounts] + [f"  {lp}" for lp in new_loops]
         session.config.stash[_LEAK] = lines
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
