@@ -141,7 +141,23 @@ def start_latency(df: pd.DataFrame) -> Figure:
     return fig
 
 
+def image_sprawl(df: pd.DataFrame) -> Figure:
+    """Bytes a chain of ad-hoc commits takes vs one commit, and what prune reclaimed, per backend."""
+    d = df[~df.warmup].groupby(["backend", "approach"])[["bytes_total", "bytes_freed"]].median()
+    fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.8))
+    d.bytes_total.unstack("approach").plot.bar(ax=axes[0], rot=0)
+    axes[0].set(ylabel="bytes of the images' own layers", xlabel="", title="ad-hoc chain vs recorded once")
+    d.bytes_freed.unstack("approach").plot.bar(ax=axes[1], rot=0)
+    axes[1].set(ylabel="bytes freed by prune", xlabel="", title="what prune reclaims")
+    for ax in axes:
+        ax.yaxis.set_major_formatter(_bytes_fmt)
+        ax.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 PLOTS: dict[str, Callable[[pd.DataFrame], Figure]] = {
+    "image-sprawl": image_sprawl,
     "snapshot-time": snapshot_time, "space-vs-containers": space_vs_containers, "cow-penalty": cow_penalty,
     "commit-cost": commit_cost, "block-size": block_size, "pool-exhaustion": pool_exhaustion,
     "thin-io": thin_io, "start-latency": start_latency,

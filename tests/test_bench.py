@@ -107,3 +107,13 @@ def test_start_latency_compares_runtimes_in_one_case(tmp_path):
     assert set(measured.runtime) | set(df.attrs["skipped"]) == {"labkit", "runc"}
     assert (measured.groupby("runtime").size() == 3).all()
     assert (measured.seconds > 0).all()
+
+
+@pytest.mark.root
+def test_image_sprawl_chain_keeps_every_version(tmp_path):
+    df = framework.run("image-sprawl", repeat=1, root=str(tmp_path), progress=False, backend="overlay",
+                       steps=3, write="256K")
+    d = df[~df.warmup].set_index("approach")
+    assert d.loc["chain", "images"] == 3 and d.loc["once", "images"] == 1
+    assert d.loc["chain", "bytes_total"] > 2 * d.loc["once", "bytes_total"]
+    assert (d.bytes_freed > 0).all() and d.loc["chain", "deleted"] == 3

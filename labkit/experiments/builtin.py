@@ -403,3 +403,46 @@ def start_latency_case(p: dict[str, Any], repeat: int, ctx: Context) -> list[dic
     for name, why in df.attrs.get("skipped", {}).items():
         rows.append({"runtime": name, "repeat": -1, "seconds": float("nan"), "skipped": why})
     return rows
+
+
+# ---- 8. image-sprawl ----------------------------------------------------------------------------------
+@experiment("image-sprawl", title="a chain of ad-hoc commits vs the same result recorded once; what prune reclaims",
+            params=[backend_param(("overlay", "thin", "copy")),
+                    Param("steps", "int", 5, "ad-hoc commits in the chain", min=1, max=50),
+                    Param("write", "size", "1M", "bytes each step writes")],
+            columns={"approach": "chain (one commit per step) or once (one commit of everything)",
+                     "images": "images the approach left", "bytes_total": "the result's size above the base: its layer and its ancestors' (df total)",
+                     "bytes_freed": "what prune reclaimed once the result was untagged"},
+            summary=lambda df: _median(df, ["backend", "approach"], "bytes_total"))
+def sprawl_case(p: dict[str, Any], repeat: int, ctx: Context) -> list[dict[str, Any]]:
+    from ..lab import Lab
+    rows = []
+    for r in range(repeat + 1):
+        base = tempfile.mkdtemp(prefix="sprawl-", dir=ctx.root)
+        lab = Lab(base, p["backend"], **backend_options(p["backend"], 64 * MIB + p["steps"] * p["write"] * 2))
+        try:
+            lab.import_image("busybox", tag="busybox")
+            count = p["write"] // 4096
+            for approach in ("chain", "once"):
+                image, made = "busybox", []
+                steps = range(p["steps"]) if approach == "chain" else [None]
+                for i in steps:
+                    # each ad-hoc step rewrites the same file (an edited config, an upgraded package):
+                    # the chain keeps every version, the single commit only the last
+                    cmd = f"dd if=/dev/urandom of=/data bs=4k count={count} 2>/dev/null; echo {i} > /step"
+                    c = lab.run(image, ["sh", "-c", cmd], name=f"{approach}{i}")
+                    image = lab.commit(c, None)
+                    c.remove()
+                    made.append(image[:12])
+                lab.store.tag(image, f"{approach}:result")
+                df = lab.df().set_index("name")
+                total = int(df.loc[made[-1], "total"] - df.loc[lab.store.resolve("busybox")[:12], "total"])
+                lab.store.untag(f"{approach}:result")
+                freed = lab.store.prune()
+                rows.append({"approach": approach, "repeat": r, "images": len(made), "bytes_total": total,
+                             "bytes_freed": int(freed["freed"]), "deleted": len(freed["deleted"])})
+        finally:
+            lab.close()
+            shutil.rmtree(base, ignore_errors=True)
+        ctx.tick(1)
+    return rows
