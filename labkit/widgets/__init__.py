@@ -1,4 +1,4 @@
-"""ipywidgets panels over experiments and the thin pool (ImageBrowser and ContainerPanel come with the Lab).
+"""ipywidgets panels: experiments, a thin device's blocks, a Lab's images and containers.
 
 >>> from labkit.widgets import ExperimentPanel, BlockMap   # doctest: +SKIP
 """
@@ -6,5 +6,6 @@ from __future__ import annotations
 
 from .block_map import BlockMap, block_matrix
 from .experiment_panel import ExperimentPanel
+from .lab_panels import ContainerPanel, ImageBrowser
 
-__all__ = ["ExperimentPanel", "BlockMap", "block_matrix"]
+__all__ = ["ExperimentPanel", "BlockMap", "block_matrix", "ImageBrowser", "ContainerPanel"]

@@ -48,3 +48,35 @@ def test_block_map_shows_own_and_shared_blocks(tmp_path):
         assert bm.counts["exclusive"] >= 16           # 1 MiB of 64 KiB blocks
         assert bm.counts["shared"] >= 32              # the image's 2 MiB still shared
         sn.remove("c1")
+
+
+@pytest.mark.root
+def test_image_browser_and_container_panel(tmp_path):
+    from labkit import Lab
+    from labkit.widgets import ContainerPanel, ImageBrowser
+    with Lab(str(tmp_path / "lab"), "overlay") as lab:
+        lab.import_image("busybox", tag="busybox")
+        ib = ImageBrowser(lab)
+        assert "busybox:latest" in ib.tree.value and len(ib.select.options) == 1
+        ib.cmd.value = "cat /etc/hostname"
+        assert ib.run().strip()
+        ib.tag_text.value = "bb:v1"
+        ib.tag()
+        assert "bb:v1" in ib.inspect()["tags"]
+        c = lab.run("busybox", ["sh", "-c", "echo up; sleep 30"], name="svc", detach=True)
+        try:
+            cp = ContainerPanel(lab)
+            table = cp.refresh()
+            assert list(table.name) == ["svc"] and table.pids.iloc[0] >= 1
+            cp.select.value = "svc"
+            cp.tag_text.value = "svc:snap"
+            cp.commit()
+            cp.stop()
+            assert "up" in cp.show_logs()
+            ib.refresh()
+            assert len(ib.select.options) == 2
+            ib.select.value = lab.store.resolve("busybox")[:12]
+            ib._guard(ib.remove)            # the button: refused, an image and a container use it
+            assert "used by" in ib.status.value
+        finally:
+            c.remove(force=True)
