@@ -135,7 +135,8 @@ def start_latency(df: pd.DataFrame) -> Figure:
     d = df[~df.warmup] if "warmup" in df else df
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     names = sorted(d.runtime.unique())
-    ax.boxplot([d[d.runtime == n].seconds * 1000 for n in names], labels=names)
+    ax.boxplot([d[d.runtime == n].seconds * 1000 for n in names])
+    ax.set_xticks(range(1, len(names) + 1), names)  # (boxplot's labels= was renamed in matplotlib 3.9)
     ax.set(ylabel="start to exit of /bin/true (ms)", title="Container start latency")
     ax.grid(True, axis="y", alpha=0.3)
     return fig

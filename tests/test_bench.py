@@ -117,3 +117,11 @@ def test_image_sprawl_chain_keeps_every_version(tmp_path):
     assert d.loc["chain", "images"] == 3 and d.loc["once", "images"] == 1
     assert d.loc["chain", "bytes_total"] > 2 * d.loc["once", "bytes_total"]
     assert (d.bytes_freed > 0).all() and d.loc["chain", "deleted"] == 3
+
+
+def test_start_latency_plot_from_rows():
+    import pandas as pd
+    from labkit.plots import plot
+    df = pd.DataFrame({"runtime": ["labkit", "runc"] * 3, "seconds": [0.02, 0.04] * 3, "warmup": [False] * 6})
+    fig = plot(df, "start-latency")
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["labkit", "runc"]
