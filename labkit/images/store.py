@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterator
 import pandas as pd
 
 from .. import errors
+from .._db import connect, transaction
 from ..snapshots import BaseSnapshotter, Info, Kind
 from ..snapshots._fsutil import copy_tree
 from . import tarsafe
@@ -65,11 +66,7 @@ class ImageStore:
         self.sn = snapshotter
         os.makedirs(self.root, exist_ok=True)
         self._lock = threading.RLock()
-        self._db: sqlite3.Connection | None = sqlite3.connect(
-            os.path.join(self.root, "images.db"), isolation_level=None, check_same_thread=False, timeout=30)
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(_SCHEMA)
+        self._db: sqlite3.Connection | None = connect(os.path.join(self.root, "images.db"), _SCHEMA)
 
     # ---- plumbing -----------------------------------------------------------------------------------
     @property
@@ -78,18 +75,8 @@ class ImageStore:
             raise errors.FailedPrecondition(f"image store at {self.root}", "is closed", fix="open a new ImageStore")
         return self._db
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            db = self.db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            else:
-                db.execute("COMMIT")
+    def _tx(self) -> Any:
+        return transaction(self.db, self._lock)
 
     def close(self) -> None:
         """Close the metadata database (not the snapshotter, which the caller owns). Idempotent."""

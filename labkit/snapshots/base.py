@@ -73,15 +73,25 @@ import shutil
 import sqlite3
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, ClassVar, Iterator, Protocol, runtime_checkable
 
 from .. import errors
+from .._db import connect, transaction
 from .mount import Mount
 
 __all__ = ["Kind", "Info", "Usage", "Snapshotter", "BaseSnapshotter", "Mount", "parse_filters"]
+
+
+_SCHEMA = """CREATE TABLE IF NOT EXISTS snapshots (
+                 id INTEGER PRIMARY KEY AUTOINCREMENT,
+                 name TEXT UNIQUE NOT NULL,
+                 kind TEXT NOT NULL CHECK (kind IN ('active','view','committed')),
+                 parent_id INTEGER REFERENCES snapshots(id),
+                 created REAL NOT NULL, updated REAL NOT NULL,
+                 labels TEXT NOT NULL DEFAULT '{}', state TEXT NOT NULL DEFAULT '{}');
+               CREATE INDEX IF NOT EXISTS snapshots_parent ON snapshots(parent_id);"""
 
 
 class Kind(str, Enum):
@@ -207,19 +217,7 @@ class BaseSnapshotter:
         self.storage = os.path.join(self.root, "snapshots")
         os.makedirs(self.storage, exist_ok=True)
         self._lock = threading.RLock()
-        self._db: sqlite3.Connection | None = sqlite3.connect(
-            os.path.join(self.root, "metadata.db"), isolation_level=None, check_same_thread=False, timeout=30)
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(
-            """CREATE TABLE IF NOT EXISTS snapshots (
-                 id INTEGER PRIMARY KEY AUTOINCREMENT,
-                 name TEXT UNIQUE NOT NULL,
-                 kind TEXT NOT NULL CHECK (kind IN ('active','view','committed')),
-                 parent_id INTEGER REFERENCES snapshots(id),
-                 created REAL NOT NULL, updated REAL NOT NULL,
-                 labels TEXT NOT NULL DEFAULT '{}', state TEXT NOT NULL DEFAULT '{}');
-               CREATE INDEX IF NOT EXISTS snapshots_parent ON snapshots(parent_id);""")
+        self._db: sqlite3.Connection | None = connect(os.path.join(self.root, "metadata.db"), _SCHEMA)
         try:
             self._open()
         except BaseException:
@@ -276,18 +274,8 @@ class BaseSnapshotter:
                                             fix="open a new one")
         return self._db
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            db = self.db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            else:
-                db.execute("COMMIT")
+    def _tx(self) -> Any:
+        return transaction(self.db, self._lock)
 
     @staticmethod
     def _row(r: tuple) -> Row:
