@@ -50,12 +50,17 @@ def scratch_store(ctx: Context, backend: str, largest: int, **extra: Any) -> Ite
     try:
         yield sn, target
     finally:
-        try:
-            for info in reversed(list(sn.walk())):
-                sn.remove(info.name)
-        finally:
-            sn.close()
-            shutil.rmtree(base, ignore_errors=True)
+        _discard_store(sn, base)
+
+
+def _discard_store(sn: BaseSnapshotter, base: str) -> None:
+    """Remove every snapshot (children first: walk is oldest first), close, delete the scratch dir."""
+    try:
+        for info in reversed(list(sn.walk())):
+            sn.remove(info.name)
+    finally:
+        sn.close()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def make_image(sn: BaseSnapshotter, target: str, name: str, size: int, *, seed: int = 0,
@@ -333,12 +338,7 @@ def exhaustion_case(p: dict[str, Any], repeat: int, ctx: Context) -> list[dict[s
                              "image_intact": intact, "pool_used_bytes": used, "overcommit": over,
                              "pool_ok_after": bool(sn.client.call("check")["ok"])})
         finally:
-            try:
-                for info in reversed(list(sn.walk())):
-                    sn.remove(info.name)
-            finally:
-                sn.close()
-                shutil.rmtree(base, ignore_errors=True)
+            _discard_store(sn, base)
         ctx.tick(1)
     return rows
 

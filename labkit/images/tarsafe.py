@@ -267,20 +267,25 @@ def _apply_meta(pfd: int, name: str | None, m: tarfile.TarInfo, same_owner: bool
     fd = pfd if name is None else os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
                                           | (os.O_DIRECTORY if m.isdir() else 0), dir_fd=pfd)
     try:
-        if same_owner:
-            os.chown(fd, m.uid, m.gid)
-        os.chmod(fd, _mode(m, keep_setuid))
-        for k, v in (m.pax_headers or {}).items():
-            if k.startswith("SCHILY.xattr."):
-                try:
-                    os.setxattr(fd, k[len("SCHILY.xattr."):], v.encode("utf-8", "surrogateescape"))
-                except OSError:
-                    pass
-        if not m.isdir():
-            os.utime(fd, (m.mtime, m.mtime))
+        _set_meta(fd, m, same_owner, keep_setuid)
     finally:
         if fd != pfd:
             os.close(fd)
+
+
+def _set_meta(fd: int, m: tarfile.TarInfo, same_owner: bool, keep_setuid: bool) -> None:
+    """Owner, mode, ``SCHILY.xattr.*`` and (for non-directories) mtime of an open member."""
+    if same_owner:
+        os.chown(fd, m.uid, m.gid)
+    os.chmod(fd, _mode(m, keep_setuid))
+    for k, v in (m.pax_headers or {}).items():
+        if k.startswith("SCHILY.xattr."):
+            try:
+                os.setxattr(fd, k[len("SCHILY.xattr."):], v.encode("utf-8", "surrogateescape"))
+            except OSError:
+                pass
+    if not m.isdir():
+        os.utime(fd, (m.mtime, m.mtime))
 
 
 def _one(tf: tarfile.TarFile, m: tarfile.TarInfo, parts: list[str], pfd: int, root_fd: int, res: ExtractResult,
@@ -316,16 +321,7 @@ def _one(tf: tarfile.TarFile, m: tarfile.TarInfo, parts: list[str], pfd: int, ro
                     raise _bad(m.name, "holds more data than the limits allow")
                 os.write(fd, chunk)
             res.bytes += written
-            if same_owner:
-                os.chown(fd, m.uid, m.gid)
-            os.chmod(fd, _mode(m, keep_setuid))
-            for k, v in (m.pax_headers or {}).items():
-                if k.startswith("SCHILY.xattr."):
-                    try:
-                        os.setxattr(fd, k[len("SCHILY.xattr."):], v.encode("utf-8", "surrogateescape"))
-                    except OSError:
-                        pass
-            os.utime(fd, (m.mtime, m.mtime))
+            _set_meta(fd, m, same_owner, keep_setuid)
         finally:
             os.close(fd)
     elif m.issym():
