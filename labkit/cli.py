@@ -24,12 +24,10 @@ import sys
 from typing import Callable, Sequence
 
 from . import __version__, errors
-
-DEFAULT_ROOT = "/var/lib/labkit"
-
+from .config import default_root
 
 def _root(args: argparse.Namespace) -> str:
-    return os.path.abspath(args.root or os.environ.get("LABKIT_ROOT") or DEFAULT_ROOT)
+    return default_root(args.root)
 
 
 def _backend(args: argparse.Namespace) -> str:

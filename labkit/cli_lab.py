@@ -16,11 +16,12 @@ import os
 from typing import Any
 
 from . import errors
+from .config import default_root
 
 
 def _lab(args: argparse.Namespace) -> Any:
     from .lab import Lab
-    root = os.path.abspath(args.root or os.environ.get("LABKIT_ROOT") or "/var/lib/labkit")
+    root = default_root(args.root)
     return Lab(root, getattr(args, "backend", None) or None)
 
 

@@ -4,8 +4,9 @@ A mount belongs to a store when its target is inside the store root, when the di
 origin, resolved through the mount of the filesystem it comes from) is inside the store root, or when it
 is an overlay named ``labkit-*`` whose layers are inside it. A loop device belongs to it when its backing
 file is inside the store root. With ``everything=True`` every ``labkit-*`` overlay and loop device on the
-host counts too. Later layers (FUSE daemons of the thin pool, network namespaces, cgroups) add their own
-collectors with :func:`collector`.
+host counts too. The layers that make other objects (pool daemons in :mod:`labkit.thin.gc`, dm devices in
+the dmthin backend, cgroups and links in :mod:`labkit.containers.gc`) register their own collectors in
+:mod:`labkit._sys.leftovers`; this module imports them and runs all.
 
 >>> from labkit.gc import find_leftovers
 >>> find_leftovers("/nonexistent/labkit-store")
@@ -14,40 +15,19 @@ collectors with :func:`collector`.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Callable
 
-from ._sys import loop, mounts
+# the layers that make kernel objects register their collectors when imported
+from ._sys import leftovers, loop, mounts
+from ._sys.leftovers import Leftover, collector, inside as _inside
+from .containers import gc as _containers_gc  # noqa: F401  (cgroups, veths, bridges, netns, records)
+from .snapshots import dmthin as _dmthin  # noqa: F401  (device-mapper devices)
 from .snapshots.mount import unmount
+from .thin import gc as _thin_gc  # noqa: F401  (pool daemons)
+
+__all__ = ["Leftover", "collector", "find_leftovers", "gc"]
 
 
-@dataclass(frozen=True)
-class Leftover:
-    """One kernel object labkit left behind: ``kind`` (mount, loop, ...), its name, and how to release it."""
-
-    kind: str
-    name: str
-    detail: str
-    release: Callable[[], None]
-
-    def __str__(self) -> str:
-        return f"{self.kind} {self.name} ({self.detail})"
-
-
-_COLLECTORS: list[Callable[[str, bool], list[Leftover]]] = []
-
-
-def collector(fn: Callable[[str, bool], list[Leftover]]) -> Callable[[str, bool], list[Leftover]]:
-    """Register ``fn(root, everything) -> [Leftover]``; collectors run in registration order."""
-    _COLLECTORS.append(fn)
-    return fn
-
-
-def _inside(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
-
-
-@collector
+@collector(order=leftovers.MOUNTS)
 def _mounts(root: str, everything: bool) -> list[Leftover]:
     info = mounts.mountinfo()
     origin_of = mounts.origins(info)
@@ -68,14 +48,7 @@ def _mounts(root: str, everything: bool) -> list[Leftover]:
                      (lambda t=m.target: unmount(t, retries=5))) for m in found]
 
 
-@collector
-def _device_mapper(root: str, everything: bool) -> list[Leftover]:
-    """dm-thin devices of the dmthin backend (before the loop devices under them)."""
-    from .snapshots.dmthin import _dm_leftovers
-    return _dm_leftovers(root, everything)
-
-
-@collector
+@collector(order=leftovers.LOOPS)
 def _loops(root: str, everything: bool) -> list[Leftover]:
     out = []
     for lp in loop.list_loops():
@@ -96,7 +69,7 @@ def find_leftovers(root: str, *, everything: bool = False) -> list[Leftover]:
     """Everything labkit made for the store at ``root`` that is still held by the kernel."""
     root = os.path.realpath(root)
     out: list[Leftover] = []
-    for fn in _COLLECTORS:
+    for fn in leftovers.collectors():
         out.extend(fn(root, everything))
     return out
 
@@ -125,44 +98,3 @@ def gc(root: str, *, everything: bool = False, dry_run: bool = False) -> list[st
         if dry_run:
             break
     return done
-
-
-def _labkit_processes(root: str, everything: bool) -> list[tuple[int, str]]:
-    out = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
-        except OSError:
-            continue
-        if "labkit.thin.daemon" not in argv:
-            continue
-        pool = argv[argv.index("labkit.thin.daemon") + 1] if argv.index("labkit.thin.daemon") + 1 < len(argv) else ""
-        if everything or _inside(os.path.realpath(pool), root):
-            out.append((int(pid), " ".join(argv)))
-    return out
-
-
-def _kill(pid: int) -> None:
-    import signal
-    import time
-    try:
-        os.kill(pid, signal.SIGTERM)
-        for _ in range(100):
-            os.kill(pid, 0)
-            time.sleep(0.02)
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-@collector
-def _processes(root: str, everything: bool) -> list[Leftover]:
-    """Thin pool daemons (FUSE) serving a pool inside the store."""
-    return [Leftover("process", str(pid), args, (lambda p=pid: _kill(p)))
-            for pid, args in _labkit_processes(root, everything)]
-
-
-from .containers import gc as _containers_gc  # noqa: E402,F401  (registers the runtime's collectors)

@@ -25,11 +25,11 @@ from typing import Any, Sequence
 import pandas as pd
 
 from . import errors
+from .config import default_root
 from .images import ImageStore
 from .snapshots import BaseSnapshotter, default_backend, open_snapshotter
 from .snapshots.mount import Mounted, unmount
 
-DEFAULT_ROOT = "/var/lib/labkit"
 
 
 class LabContainer:
@@ -102,7 +102,7 @@ class Lab:
 
     def __init__(self, root: str | None = None, backend: str | None = None, **backend_options: Any) -> None:
         from .containers import Runtime
-        self.root = os.path.abspath(root or os.environ.get("LABKIT_ROOT") or DEFAULT_ROOT)
+        self.root = default_root(root)
         self.backend = backend or os.environ.get("LABKIT_BACKEND") or default_backend(self.root)
         self.sn: BaseSnapshotter = open_snapshotter(self.backend, os.path.join(self.root, "snapshots", self.backend),
                                                     **backend_options)

@@ -22,11 +22,12 @@ import json
 import os
 import sys
 
-DEFAULT_ROOT = "/var/lib/labkit"
+from ..config import default_root
+
 
 
 def _state_dir(args: argparse.Namespace) -> str:
-    root = getattr(args, "root", None) or os.environ.get("LABKIT_ROOT") or DEFAULT_ROOT
+    root = default_root(getattr(args, "root", None))
     return os.path.join(os.path.abspath(root), "containers")
 
 

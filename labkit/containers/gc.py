@@ -1,6 +1,6 @@
 """``labkit gc`` for the container runtime: leftover cgroups, processes, veths, bridges, netns, records.
 
-Importing this module registers :func:`container_leftovers` with :func:`labkit.gc.collector`.
+Importing this module registers :func:`container_leftovers` with :func:`labkit._sys.leftovers.collector`.
 
 Every container is recorded in ``/run/labkit/containers/<id>`` (its state directory). A container's
 things are *leftovers* for ``gc(root)`` when its state directory is inside ``root`` and its shim is gone
@@ -27,17 +27,14 @@ import os
 from typing import Any
 
 from labkit._sys import mounts
-from labkit.gc import Leftover, collector
+from labkit._sys.leftovers import CONTAINERS, Leftover, collector
+from labkit._sys.leftovers import inside as _inside
 
 from . import cgroups as cg
 from . import network as net
 from .runtime import REGISTRY, _alive
 
 NETNS_DIR = "/run/netns"
-
-
-def _inside(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
 
 
 def _records() -> dict[str, str]:
@@ -129,7 +126,7 @@ def _release_netns(path: str) -> None:
         pass
 
 
-@collector
+@collector(order=CONTAINERS)
 def container_leftovers(root: str, everything: bool) -> list[Leftover]:
     """What crashed or unremoved containers of ``root`` (or, with ``everything``, of anyone) hold."""
     root = os.path.realpath(root)

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 from ..snapshots import BaseSnapshotter, backend_names, open_snapshotter
-from ..snapshots._fsutil import tree_usage
+from .._sys.fs import tree_usage
 from .fill import fill_tree
 from .framework import Context, Param, experiment
 

@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterable, Sequence
 import pandas as pd
 
 from .. import errors
+from ..config import bench_root
 from ..units import parse_size
 from . import environment
 
@@ -192,7 +193,7 @@ def run(name: str, *, repeat: int = 3, executor: cf.Executor | None = None, prog
     exp = get(name)
     if repeat < 1:
         raise errors.InvalidArgument(f"repeat={repeat}", "must be at least 1")
-    root = root or os.path.join(os.environ.get("LABKIT_ROOT", "/var/lib/labkit"), "bench")
+    root = bench_root(root)
     grid = cases(exp, params)
     env = environment(root)
     host = {k: env[k] for k in ("kernel", "labkit_version", "cpu_model")}

@@ -28,7 +28,7 @@ import pandas as pd
 
 from .._sys import loop, mounts
 from ..snapshots import open_snapshotter
-from ..snapshots._fsutil import run as run_tool
+from .._sys.fs import run as run_tool
 from ..snapshots.mount import unmount
 from ..units import parse_size
 from . import environment

@@ -29,7 +29,7 @@ import pandas as pd
 from .. import errors
 from .._db import connect, transaction
 from ..snapshots import BaseSnapshotter, Info, Kind
-from ..snapshots._fsutil import copy_tree
+from .._sys.fs import copy_tree
 from . import tarsafe
 from .busybox import build_busybox_rootfs
 from .reference import normalize

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import errors
+from ..config import default_root
 from .base import BaseSnapshotter, Info, Kind, Snapshotter, Usage, parse_filters
 from .mount import Mount, Mounted
 
@@ -58,7 +59,7 @@ def backend_status(root: str | None = None) -> list[BackendStatus]:
     >>> any(s.name == "copy" and s.available for s in backend_status("/tmp"))
     True
     """
-    root = root or "/var/lib/labkit"
+    root = default_root(root)
     out = []
     for name in _BACKENDS:
         cls = _load(name)

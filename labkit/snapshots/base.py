@@ -79,6 +79,8 @@ from typing import Any, ClassVar, Iterator, Protocol, runtime_checkable
 
 from .. import errors
 from .._db import connect, transaction
+from .._sys.fs import tree_usage
+from .capabilities import StoreSpace
 from .mount import Mount
 
 __all__ = ["Kind", "Info", "Usage", "Snapshotter", "BaseSnapshotter", "Mount", "parse_filters"]
@@ -261,6 +263,21 @@ class BaseSnapshotter:
         """Where an active snapshot or view is mounted now. Backends whose ``_mount`` has side effects
         (attaching a device) override this to look without making anything."""
         return self._mount(row, chain).targets()
+
+    # ---- abilities every backend has (see :mod:`labkit.snapshots.capabilities`) -------------------------
+    @classmethod
+    def options_for(cls, largest_image_bytes: int) -> dict[str, Any]:
+        """Store options big enough for images of up to ``largest_image_bytes`` (``{}``: none needed).
+
+        >>> BaseSnapshotter.options_for(1 << 30)
+        {}
+        """
+        return {}
+
+    def store_space(self) -> StoreSpace:
+        """Bytes the whole store occupies now. The default counts the allocated bytes of the snapshot
+        directories (hard links once); backends on a pool or a loop-file filesystem count that instead."""
+        return StoreSpace(tree_usage(self.storage).size, None, "allocated bytes of the snapshot directories")
 
     # ---- helpers --------------------------------------------------------------------------------------
     def path(self, row: Row, *parts: str) -> str:

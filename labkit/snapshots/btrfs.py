@@ -16,7 +16,7 @@ import os
 from typing import Any
 
 from .._sys.probe import fs_type, has_filesystem, is_root
-from ._fsutil import exclusive_usage, require_binary, run
+from .._sys.fs import exclusive_usage, require_binary, run
 from .base import BaseSnapshotter, Kind, Mount, Row, Usage
 from .loopfs import LoopFSBacked
 
@@ -65,4 +65,4 @@ class BtrfsSnapshotter(LoopFSBacked, BaseSnapshotter):
     def _usage(self, row: Row, chain: list[Row]) -> Usage:
         if row.kind is Kind.VIEW and chain:
             return Usage(0, 0)
-        return exclusive_usage(self.path(row, "fs"))
+        return Usage(*exclusive_usage(self.path(row, "fs")))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ._fsutil import copy_tree, tree_usage
+from .._sys.fs import copy_tree, tree_usage
 from .base import BaseSnapshotter, Kind, Mount, Row, Usage
 
 
@@ -49,4 +49,4 @@ class CopySnapshotter(BaseSnapshotter):
 
     @staticmethod
     def _layer_usage(path: str) -> Usage:
-        return tree_usage(path)
+        return Usage(*tree_usage(path))

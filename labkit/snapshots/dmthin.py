@@ -23,11 +23,12 @@ import subprocess
 from typing import Any
 
 from .. import errors
-from .._sys import loop
+from .._sys import leftovers, loop
+from .._sys.leftovers import Leftover, collector
 from .._sys import mounts as sysmount
 from .._sys.probe import is_root
 from ..units import parse_size
-from ._fsutil import make_base_ext4, require_binary, run
+from .._sys.fs import make_base_ext4, require_binary, run
 from .base import BaseSnapshotter, Kind, Mount, Row, Usage
 
 BASE_DEV = 0
@@ -193,9 +194,9 @@ class DmThinSnapshotter(BaseSnapshotter):
         return Usage(0, 0)
 
 
-def _dm_leftovers(root: str, everything: bool) -> list[Any]:
+@collector(order=leftovers.DEVICE_MAPPER)
+def _dm_leftovers(root: str, everything: bool) -> list[Leftover]:
     """gc collector: device-mapper devices named ``labkit-*`` (thin devices before their pool)."""
-    from ..gc import Leftover
     if not os.path.exists("/dev/mapper/control"):
         return []
     try:
@@ -204,7 +205,7 @@ def _dm_leftovers(root: str, everything: bool) -> list[Any]:
         return []
     # a pool belongs to the store when its loop devices' backing files lie inside it
     tags = {lp.name.removeprefix("labkit-dmthin-") for lp in loop.list_loops()
-            if lp.name.startswith("labkit-dmthin-") and (lp.backing_file + "/").startswith(root.rstrip("/") + "/")}
+            if lp.name.startswith("labkit-dmthin-") and leftovers.inside(lp.backing_file, root)}
     names = [line.split()[0] for line in out.splitlines() if line.startswith("labkit-")]
     names = [n for n in names if everything or n.split("-")[1] in tags]
     names.sort(key=lambda n: n.endswith("-pool"))  # pools last

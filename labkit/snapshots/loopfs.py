@@ -18,7 +18,7 @@ import os
 from .. import errors
 from .._sys import loop, mounts
 from ..units import parse_size
-from ._fsutil import run
+from .._sys.fs import run
 from .mount import unmount
 
 MKFS = {

@@ -25,7 +25,7 @@ import tempfile
 from typing import Any
 
 from .._sys.probe import fs_type, has_filesystem, is_root
-from ._fsutil import copy_tree, tree_usage
+from .._sys.fs import copy_tree, tree_usage
 from .base import BaseSnapshotter, Kind, Mount, Row, Usage
 
 KERNEL_MAX_LAYERS = 500
@@ -210,4 +210,4 @@ class OverlaySnapshotter(BaseSnapshotter):
     def _usage(self, row: Row, chain: list[Row]) -> Usage:
         if row.kind is Kind.VIEW:
             return Usage(0, 0)
-        return tree_usage(self.path(row, "fs"))
+        return Usage(*tree_usage(self.path(row, "fs")))

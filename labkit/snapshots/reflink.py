@@ -12,7 +12,7 @@ from __future__ import annotations
 import subprocess
 
 from .._sys.probe import fs_type, has_filesystem, is_root
-from ._fsutil import exclusive_usage, require_binary
+from .._sys.fs import exclusive_usage, require_binary
 from .base import Usage
 from .copy import CopySnapshotter
 from .loopfs import LoopFSBacked
@@ -51,4 +51,4 @@ class ReflinkSnapshotter(LoopFSBacked, CopySnapshotter):
 
     @staticmethod
     def _layer_usage(path: str) -> Usage:
-        return exclusive_usage(path)
+        return Usage(*exclusive_usage(path))

@@ -27,7 +27,7 @@ from .. import errors
 from .._sys import mounts as sysmount
 from .._sys.probe import has_filesystem, is_root
 from ..units import parse_size
-from ._fsutil import make_base_ext4, require_binary
+from .._sys.fs import make_base_ext4, require_binary
 from .base import BaseSnapshotter, Kind, Mount, Row, Usage
 
 BASE_DEV = 0

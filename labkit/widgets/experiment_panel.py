@@ -16,6 +16,8 @@ from typing import Any
 
 import ipywidgets as w
 import pandas as pd
+
+from ..config import bench_root
 from IPython.display import display
 
 from ..experiments import framework
@@ -63,7 +65,7 @@ class ExperimentPanel(w.VBox):
 
     def __init__(self, name: str, *, root: str | None = None, repeat: int = 3, **defaults: Any) -> None:
         self.experiment = framework.get(name)
-        self.root = root or os.path.join(os.environ.get("LABKIT_ROOT", "/var/lib/labkit"), "bench")
+        self.root = bench_root(root)
         self.controls: dict[str, w.Widget] = {}
         for p in self.experiment.params:
             c = _control(p)

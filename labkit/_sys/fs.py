@@ -1,4 +1,5 @@
-"""Filesystem helpers shared by backends: copying a tree, and measuring a layer's exclusive space.
+"""Filesystem helpers shared by every layer: copying a tree, measuring allocated and exclusive space, running
+host tools with one-line errors, formatting the empty ext4 of a base device.
 
 >>> import tempfile
 >>> d = tempfile.mkdtemp(); open(d + "/f", "w").write("x" * 5000)
@@ -14,8 +15,16 @@ import os
 import stat
 import subprocess
 
+from typing import NamedTuple
+
 from .. import errors
-from .base import Usage
+
+
+class Usage(NamedTuple):
+    """Allocated bytes and inode count (``labkit.snapshots.Usage`` has the same two fields)."""
+
+    size: int
+    inodes: int
 
 
 def copy_tree(src: str, dst: str, *, reflink: str = "never") -> None:
@@ -162,7 +171,7 @@ def make_base_ext4(dev: str, scratch: str, *, what: str, discard: bool = False) 
     """
     import tempfile
 
-    from .._sys import mounts as sysmount
+    from . import mounts as sysmount
     opts = "lazy_itable_init=1,lazy_journal_init=1" + ("" if discard else ",nodiscard")
     run(["mkfs.ext4", "-q", "-F", "-E", opts, "-L", "labkit-base", dev], what)
     target = tempfile.mkdtemp(prefix="base-", dir=scratch)

@@ -1,0 +1,57 @@
+"""``labkit gc`` for the thin pool: daemons (``python -m labkit.thin.daemon POOL ...``) serving a pool
+inside the store, or, with ``everything``, any labkit pool daemon. Importing this module registers the
+collector.
+
+>>> from labkit.thin.gc import daemon_leftovers
+>>> daemon_leftovers("/nonexistent/labkit-store", False)
+[]
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from .._sys import leftovers
+from .._sys.leftovers import Leftover, collector, inside
+
+__all__ = ["daemon_leftovers", "pool_daemons"]
+
+
+def pool_daemons(root: str, everything: bool) -> list[tuple[int, str]]:
+    """(pid, command line) of the pool daemons of the store at ``root`` (every one with ``everything``)."""
+    out = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+        except OSError:
+            continue
+        if "labkit.thin.daemon" not in argv:
+            continue
+        at = argv.index("labkit.thin.daemon") + 1
+        pool = argv[at] if at < len(argv) else ""
+        if everything or (pool and inside(os.path.realpath(pool), root)):
+            out.append((int(pid), " ".join(argv)))
+    return out
+
+
+def _terminate(pid: int) -> None:
+    """SIGTERM, wait up to 2 s for a clean exit (the daemon unmounts its FUSE export), then SIGKILL."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(100):
+            os.kill(pid, 0)
+            time.sleep(0.02)
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+@collector(order=leftovers.PROCESSES)
+def daemon_leftovers(root: str, everything: bool) -> list[Leftover]:
+    """Thin pool daemons (FUSE) serving a pool inside the store."""
+    return [Leftover("process", str(pid), args, (lambda p=pid: _terminate(p)))
+            for pid, args in pool_daemons(root, everything)]
