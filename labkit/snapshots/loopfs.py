@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+from typing import Any
 
 from .. import errors
 from .._sys import loop, mounts
 from ..units import parse_size
 from .._sys.fs import run
+from .capabilities import StoreSpace
 from .mount import unmount
 
 MKFS = {
@@ -95,6 +98,26 @@ class LoopFSBacked:
     @classmethod
     def _can_host(cls, root: str) -> bool:
         raise NotImplementedError
+
+    @classmethod
+    def options_for(cls, largest_image_bytes: int) -> dict[str, Any]:
+        """A loop-file filesystem of 3x the largest image plus 1 GiB (at least 2 GiB)."""
+        return {"loop_size": max(3 * largest_image_bytes + (1 << 30), 2 << 30)}
+
+    def store_space(self) -> StoreSpace:
+        """Blocks in use on the loop-file filesystem (synced first), or the default count without one."""
+        if self.loopfs is None:
+            return super().store_space()  # type: ignore[misc]
+        fd = os.open(self.loopfs.mountpoint, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            if self.loop_fstype == "btrfs":   # btrfs accounts delayed allocations only after its own sync
+                subprocess.run(["btrfs", "filesystem", "sync", self.loopfs.mountpoint], capture_output=True)
+            st = os.fstatvfs(fd)
+        finally:
+            os.close(fd)
+        return StoreSpace((st.f_blocks - st.f_bfree) * st.f_frsize, st.f_blocks * st.f_frsize,
+                          f"blocks in use on the loop-file {self.loop_fstype}")
 
     def _open(self) -> None:
         if not self._can_host(self.root):  # type: ignore[attr-defined]

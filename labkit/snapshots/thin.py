@@ -28,7 +28,10 @@ from .._sys import mounts as sysmount
 from .._sys.probe import has_filesystem, is_root
 from ..units import parse_size
 from .._sys.fs import make_base_ext4, require_binary
+from ..thin.check import CheckReport
+from ..thin.records import Status
 from .base import BaseSnapshotter, Kind, Mount, Row, Usage
+from .capabilities import SnapshotBlock, StoreSpace
 
 BASE_DEV = 0
 
@@ -162,11 +165,53 @@ class ThinSnapshotter(BaseSnapshotter):
         total, free = int.from_bytes(sb[0:4], "little"), int.from_bytes(sb[16:20], "little")
         return total - free
 
-    # -- extras ------------------------------------------------------------------------------------
-    def pool_status(self) -> str:
-        """The pool's dm-thin status line."""
+    # -- abilities (labkit.snapshots.capabilities) ---------------------------------------------------
+    @classmethod
+    def options_for(cls, largest_image_bytes: int) -> dict[str, Any]:
+        """A pool of 4x the largest image (at least 2 GiB) and a base device of 4x (at least 1 GiB)."""
+        return {"data_size": max(4 * largest_image_bytes + (1 << 30), 2 << 30),
+                "base_size": max(4 * largest_image_bytes, 1 << 30)}
+
+    @property
+    def block_bytes(self) -> int:
+        """The pool's data block size in bytes."""
+        return parse_size(self.block_size)
+
+    def store_space(self) -> StoreSpace:
+        """Data blocks the pool has allocated, in bytes, of the pool's data size."""
+        st = self.pool_status()
+        return StoreSpace(st.used_data_blocks * self.block_bytes, st.total_data_blocks * self.block_bytes,
+                          "data blocks allocated in the thin pool")
+
+    def pool_status(self) -> Status:
+        """The pool's status (``str()``: the dm-thin status line; ``.explain()``: the line in words)."""
         assert self.client is not None
-        return self.client.call("status")["line"]
+        d = dict(self.client.call("status"))
+        d.pop("line", None)
+        return Status(**d)
+
+    def pool_check(self) -> CheckReport:
+        """The pool's consistency check (``ok``, ``problems``)."""
+        assert self.client is not None
+        return CheckReport(**self.client.call("check"))
+
+    def block_map(self, key: str) -> list[SnapshotBlock]:
+        """Per virtual block of ``key``'s device, up to its last mapped block: data block and sharers."""
+        assert self.client is not None
+        with self._lock:
+            devs = {i.name: self._get(i.name).state.get("dev") for i in self.walk()}
+        if key not in devs:
+            raise errors.NotFound(f"snapshot {key!r}", fix="list snapshots with walk()")
+        owners: dict[int, list[str]] = {}
+        for name, dev in devs.items():            # walk() is oldest first: sharers come out oldest first
+            if name == key or dev is None:
+                continue
+            for _vb, db in self.client.call("mappings", dev):
+                owners.setdefault(db, []).append(name)
+        mine = {vb: db for vb, db in self.client.call("mappings", devs[key])}
+        last = max(mine, default=-1)
+        return [SnapshotBlock(vb, mine.get(vb), tuple(owners.get(mine[vb], ())) if vb in mine else ())
+                for vb in range(last + 1)]
 
 
 def _loop_mounted(dev: str) -> bool:

@@ -94,6 +94,39 @@ class Status:
     def __repr__(self) -> str:  # keep the doctest short and stable
         return f"Status(transaction_id={self.transaction_id}, ...)"
 
+    def explain(self) -> str:
+        """The status line field by field, in words (what ``dmsetup status`` of a thin-pool prints).
+
+        >>> print(Status(3, 10, 100, 5, 50, None, "rw", False, True, False, False).explain())
+        3 10/100 5/50 - rw no_discard_passdown error_if_no_space -
+          transaction id 3: metadata commits so far
+          metadata blocks 10 used of 100
+          data blocks 5 used of 50 (10%)
+          held metadata root: none (no metadata snapshot reserved)
+          mode rw: reads and writes are served
+          discards are not passed down to the data device
+          error_if_no_space: a write that needs a block when the pool is full fails at once
+          needs_check: no
+        """
+        pct = 100 * self.used_data_blocks // self.total_data_blocks if self.total_data_blocks else 0
+        modes = {"rw": "reads and writes are served",
+                 "out_of_data_space": "the pool is full: writes that need a new block fail or queue",
+                 "read_only": "metadata is read-only: no writes until it is repaired"}
+        return "\n".join([
+            str(self),
+            f"  transaction id {self.transaction_id}: metadata commits so far",
+            f"  metadata blocks {self.used_metadata_blocks} used of {self.total_metadata_blocks}",
+            f"  data blocks {self.used_data_blocks} used of {self.total_data_blocks} ({pct}%)",
+            "  held metadata root: " + ("none (no metadata snapshot reserved)" if self.held_root is None
+                                        else f"block {self.held_root} (a metadata snapshot is reserved)"),
+            f"  mode {({'read_only': 'ro'}).get(self.mode, self.mode)}: {modes.get(self.mode, self.mode)}",
+            "  discards are not passed down to the data device",
+            ("  error_if_no_space: a write that needs a block when the pool is full fails at once"
+             if self.error_if_no_space else
+             "  queue_if_no_space: a write that needs a block when the pool is full waits for space"),
+            "  needs_check: " + ("yes: run a check before trusting the pool" if self.needs_check else "no"),
+        ])
+
     def __str__(self) -> str:
         held = "-" if self.held_root is None else str(self.held_root)
         mode = {"read_only": "ro"}.get(self.mode, self.mode)
