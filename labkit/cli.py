@@ -23,7 +23,8 @@ import os
 import sys
 from typing import Callable, Sequence
 
-from . import __version__, errors
+from . import errors
+from .version import __version__
 from .config import default_root
 
 def _root(args: argparse.Namespace) -> str:

@@ -17,18 +17,58 @@ A container's snapshot is ``ctr-<name>``, labelled ``labkit.container=<name>``.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 import secrets
 import shutil
-from typing import Any, Sequence
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any, Sequence
 
 from . import errors
+from ._sys.leftovers import inside
 from .config import default_root
+from .containers import Runtime
 from .images import ImageStore
 from .snapshots import BaseSnapshotter, default_backend, open_snapshotter
 from .snapshots.mount import Mounted, unmount
+from .units import parse_size
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+#: Docker's container name rule
+NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}")
+#: a file at the top of every Lab store: ``labkit gc`` refuses a root without one
+STORE_MARKER = ".labkit-store"
+
+
+def check_name(name: str) -> str:
+    """A container name as Docker allows it: ``[a-zA-Z0-9][a-zA-Z0-9_.-]*``, at most 128 characters.
+
+    >>> check_name("web-1")
+    'web-1'
+    >>> check_name("x/../../victim")     # doctest: +IGNORE_EXCEPTION_DETAIL
+    Traceback (most recent call last):
+    ...
+    labkit.errors.InvalidArgument: container name 'x/../../victim' is not allowed: ...
+    """
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise errors.InvalidArgument(f"container name {name!r}", "is not allowed",
+                                     fix="use letters, digits and _ . - (first a letter or digit), at most 128")
+    return name
+
+
+def _frame(rows: Any, columns: list[str] | None = None) -> "pd.DataFrame":
+    """A DataFrame from a list of dataclasses or dicts (pandas is imported only here: the CLI stays fast)."""
+    import pandas as pd
+    if isinstance(rows, pd.DataFrame):
+        return rows
+    recs = [dataclasses.asdict(r) if dataclasses.is_dataclass(r) else dict(r) for r in rows]
+    return pd.DataFrame(recs, columns=columns) if columns or not recs else pd.DataFrame(recs)
+
+
+def _plain(x: Any) -> Any:
+    return dataclasses.asdict(x) if dataclasses.is_dataclass(x) and not isinstance(x, type) else x
 
 
 
@@ -66,16 +106,24 @@ class LabContainer:
         c = self.runtime
         return c.status if c is not None else "removed"
 
+    def _live(self) -> Any:
+        c = self.runtime
+        if c is None:
+            raise errors.NotFound(f"container {self.name!r}", "was removed",
+                                  fix="start a new one with run(); `labkit ps -a` lists what exists")
+        return c
+
     def wait(self, timeout: float | None = None) -> int | None:
-        return self.runtime.wait(timeout)
+        """Wait for the container to exit; its exit code (None on timeout)."""
+        return self._live().wait(timeout)
 
     def exec(self, cmd: Sequence[str], **kw: Any) -> tuple[int, str]:
         """Run ``cmd`` inside the running container; returns (exit code, output)."""
-        return self.runtime.exec(cmd, **kw)
+        return self._live().exec(cmd, **kw)
 
     def stop(self, timeout: float = 10) -> int | None:
         """SIGTERM, then SIGKILL after ``timeout``; a ``rm`` container is removed afterwards."""
-        code = self.runtime.stop(timeout)
+        code = self._live().stop(timeout)
         if self.rm:
             self.remove()
         return code
@@ -97,13 +145,25 @@ class LabContainer:
 
 
 class Lab:
-    """Store + backend + runtime in one object. ``root`` defaults to ``$LABKIT_ROOT`` or
-    ``/var/lib/labkit``; ``backend`` to ``$LABKIT_BACKEND`` or the best one here."""
+    """Store + backend + runtime in one object, and a context manager that closes them.
+
+    ``root`` defaults to ``$LABKIT_ROOT`` or ``/var/lib/labkit``; ``backend`` to ``$LABKIT_BACKEND`` or the
+    best one here; ``backend_options`` go to the snapshotter (e.g. ``data_size="4G"`` for thin).
+
+    >>> with Lab("/var/tmp/lk-doc", "overlay") as lab:                   # doctest: +SKIP
+    ...     lab.import_image("busybox")
+    ...     lab.run("busybox", ["echo", "hi"], rm=True).output
+    'hi\\n'
+    """
 
     def __init__(self, root: str | None = None, backend: str | None = None, **backend_options: Any) -> None:
-        from .containers import Runtime
         self.root = default_root(root)
+        if self.root == "/":
+            raise errors.InvalidArgument("store root '/'", "would put labkit's store over the whole host",
+                                         fix="give a directory of its own, e.g. /var/lib/labkit")
         self.backend = backend or os.environ.get("LABKIT_BACKEND") or default_backend(self.root)
+        os.makedirs(self.root, exist_ok=True)
+        _mark_store(self.root)
         self.sn: BaseSnapshotter = open_snapshotter(self.backend, os.path.join(self.root, "snapshots", self.backend),
                                                     **backend_options)
         try:
@@ -113,10 +173,19 @@ class Lab:
             self.sn.close()
             raise
 
+    @property
+    def snapshotter(self) -> BaseSnapshotter:
+        """The snapshot backend (the contract of :mod:`labkit.snapshots.base`, plus its abilities)."""
+        return self.sn
+
     # ---- images -------------------------------------------------------------------------------------
     def import_image(self, source: str, *, tag: str | None = None) -> str:
-        """Register a base image: ``"busybox"``, ``"debian"`` (mmdebstrap, cached), a directory, or a
-        rootfs tar archive. Returns the image id."""
+        """Register a base image: ``"busybox"``, ``"debian"`` (mmdebstrap, cached), a directory, or an
+        archive (a rootfs tar, or what ``docker save``/``podman save`` write). Returns the image id.
+
+        >>> lab.import_image("busybox")        # doctest: +SKIP
+        'c0ffee...'
+        """
         if source == "busybox":
             return self.store.import_busybox(tag=tag or "busybox:latest")
         if source == "debian":
@@ -124,39 +193,74 @@ class Lab:
         if os.path.isdir(source):
             return self.store.import_dir(source, tag=tag)
         if os.path.isfile(source):
-            return self.store.import_tar(source, tag=tag)
-        raise errors.NotFound(f"image source {source!r}", fix="give busybox, debian, a directory or a tar file")
+            auto = getattr(self.store, "import_auto", None)
+            return auto(source, tag=tag) if auto is not None else self.store.import_tar(source, tag=tag)
+        raise errors.NotFound(f"image source {source!r}", fix="give busybox, debian, a directory or an archive file")
 
-    def images(self) -> pd.DataFrame:
+    def images(self) -> "pd.DataFrame":
         """The images as a table (id, tags, parent, created, created_by, size, exclusive)."""
-        return self.store.images()
+        return _frame(self.store.images())
 
-    def df(self) -> pd.DataFrame:
+    def inspect(self, ref: str) -> dict[str, Any]:
+        """Everything known about one image, as plain data."""
+        return _plain(self.store.inspect(ref))
+
+    def history(self, ref: str) -> "pd.DataFrame":
+        """The chain from ``ref`` back to its base, newest first: id, created, created_by, comment, sizes."""
+        return _frame(self.store.history(ref))
+
+    def tag(self, ref: str, new: str) -> str:
+        """Give image ``ref`` the tag ``new``; returns the image id."""
+        return self.store.tag(ref, new)
+
+    def rmi(self, ref: str, *, force: bool = False) -> "pd.DataFrame":
+        """Remove an image (``docker rmi``): one row per untagged tag / deleted image, with bytes freed.
+        Refused while a container or child image uses it (``force`` untags now, prune deletes later)."""
+        return _frame(_removal_rows(_plain(self.store.rmi(ref, force=force))),
+                      ["action", "what", "freed_bytes", "kept_by"])
+
+    def prune(self, *, all: bool = False, dry_run: bool = False) -> "pd.DataFrame":
+        """Delete dangling images (``all``: every image no container needs); one row per deleted image."""
+        kw: dict[str, Any] = {"all": all}
+        if dry_run:
+            kw["dry_run"] = True
+        return _frame(_removal_rows(_plain(self.store.prune(**kw))), ["action", "what", "freed_bytes", "kept_by"])
+
+    def whatrequires(self, ref: str) -> dict[str, list[str]]:
+        """Images and containers that depend on ``ref``."""
+        return _plain(self.store.whatrequires(ref))
+
+    def df(self) -> "pd.DataFrame":
         """Space per image and container: total, shared, exclusive, reclaimable."""
-        return self.store.df()
+        return _frame(self.store.df())
 
     def tree(self) -> str:
         """The lineage of every image, with sizes, as text."""
-        return self.store.tree()[0]
+        t = self.store.tree()
+        return t[0] if isinstance(t, tuple) else str(t)
 
     # ---- containers ---------------------------------------------------------------------------------
     def run(self, image: str, cmd: Sequence[str], *, name: str | None = None, rm: bool = False,
             detach: bool = False, network: str = "none", memory: int | str | None = None,
             cpus: float | None = None, pids: int | None = None, env: dict[str, str] | None = None,
             workdir: str = "/", user: str | None = None, readonly: bool = False,
-            binds: Sequence[str] = ()) -> LabContainer:
+            binds: Sequence[str] = (), **runtime_options: Any) -> LabContainer:
         """Start ``cmd`` in a container on a fresh snapshot of ``image``; waits unless ``detach``.
 
-        With ``rm`` the snapshot is thrown away when the container ends (``docker run --rm``).
+        With ``rm`` the snapshot is thrown away when the container ends (``docker run --rm``). Other
+        keyword options go to the runtime as they are: ``privileged``, ``cap_add``, ``cap_drop``,
+        ``hostname``, ``tty``, ``publish`` ... (see :meth:`labkit.containers.Runtime.run`).
+
+        >>> lab.run("busybox", ["cat", "/etc/hostname"], rm=True).exit_code      # doctest: +SKIP
+        0
         """
-        from .units import parse_size
         image_id = self.store.resolve(image)
-        name = name or secrets.token_hex(5)
+        name = check_name(name) if name is not None else secrets.token_hex(5)
         c = LabContainer(self, name, image, cmd, rm)
         if any(i.name == c.key for i in self.sn.walk(f"name=={c.key}")):
-            raise errors.AlreadyExists(f"container {name!r}", fix="choose another name or remove it")
-        snapshot = self.store.inspect(image_id)["snapshot"]
-        target = os.path.join(self.root, "rootfs", c.key)
+            raise errors.AlreadyExists(f"container {name!r}", fix=f"choose another name or `labkit rm {name}`")
+        snapshot = _plain(self.store.inspect(image_id))["snapshot"]
+        target = self._rootfs(c.key)
         os.makedirs(target, exist_ok=True)
         mounted: Mounted | None = None
         try:
@@ -165,7 +269,7 @@ class Lab:
             self.runtime.run(target, list(cmd), name=name, network=network,
                              memory=parse_size(memory, what="memory") if memory is not None else None,
                              cpus=cpus, pids=pids, env=env, workdir=workdir, user=user, readonly=readonly,
-                             binds=binds, detach=detach)
+                             binds=binds, detach=detach, **runtime_options)
         except BaseException:
             if mounted is not None:
                 mounted.unmount()
@@ -179,11 +283,26 @@ class Lab:
         """A container by name (also one started by another process)."""
         rc = self.runtime.get(name)
         info = self.sn.stat(f"ctr-{rc.name}")
-        return LabContainer(self, rc.name, info.labels.get("labkit.image", "?"), rc.state.get("cmd", []), False)
+        state = rc.state
+        cmd = state.get("cmd", []) if isinstance(state, dict) else getattr(state, "cmd", [])
+        return LabContainer(self, rc.name, info.labels.get("labkit.image", "?"), cmd, False)
 
-    def ps(self) -> pd.DataFrame:
-        """Containers known to the runtime, as a table."""
-        return pd.DataFrame(self.runtime.ps())
+    def containers(self) -> list[LabContainer]:
+        """Every container of this store that the runtime knows."""
+        out = []
+        for rc in self.runtime.list():
+            try:
+                out.append(self.container(rc.name))
+            except errors.NotFound:
+                continue
+        return out
+
+    def ps(self, *, all: bool = True) -> "pd.DataFrame":
+        """Containers known to the runtime, as a table (``all=False``: only running ones)."""
+        rows = [_plain(r) for r in self.runtime.ps()]
+        if not all:
+            rows = [r for r in rows if r.get("status") == "running"]
+        return _frame(rows)
 
     def commit(self, container: LabContainer | str, tag: str | None = None, *, comment: str = "") -> str:
         """A new image from a container's filesystem: its parent is the container's image, its
@@ -197,9 +316,37 @@ class Lab:
                 return self.store.commit(c.key, tag, created_by=created_by, comment=comment)
         return self.store.commit(c.key, tag, created_by=created_by, comment=comment)
 
+    def reset(self) -> None:
+        """Remove every container, image and snapshot of this store (a notebook's first cell, so that it
+        re-runs after its kernel was killed mid-way). Running containers are killed."""
+        for c in self.containers():
+            c.remove(force=True)
+        for info in reversed(list(self.sn.walk())):
+            if info.kind.value != "committed":
+                self._drop_snapshot(info.name)
+        check = getattr(self.store, "check", None)
+        if check is not None:
+            check(repair=True)
+        for image in _frame(self.store.images()).get("id", []):
+            try:
+                self.store.rmi(image, force=True)
+            except errors.NotFound:
+                pass
+        self.store.prune(all=True)
+        for info in reversed(list(self.sn.walk())):
+            self._drop_snapshot(info.name)
+
+    def _rootfs(self, key: str) -> str:
+        base = os.path.join(self.root, "rootfs")
+        target = os.path.join(base, key)
+        if not inside(os.path.realpath(target), os.path.realpath(base)) or os.path.realpath(target) == os.path.realpath(base):
+            raise errors.InvalidArgument(f"container snapshot key {key!r}", "leaves the store's rootfs directory",
+                                         fix="use a plain container name")
+        return target
+
     def _drop_snapshot(self, key: str) -> None:
-        target = os.path.join(self.root, "rootfs", key)
-        if os.path.isdir(target):
+        target = self._rootfs(key)
+        if os.path.isdir(target) and not os.path.islink(target):
             unmount(target)
             shutil.rmtree(target, ignore_errors=True)
         try:
@@ -225,3 +372,31 @@ class Lab:
 
     def __repr__(self) -> str:
         return f"<Lab {self.root} backend={self.backend}>"
+
+
+def _mark_store(root: str) -> None:
+    path = os.path.join(root, STORE_MARKER)
+    if not os.path.exists(path):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, b"labkit store: `labkit gc --root` accepts this directory\n")
+        finally:
+            os.close(fd)
+
+
+def _removal_rows(out: dict[str, Any]) -> list[dict[str, Any]]:
+    """rmi/prune results (dicts or dataclasses made plain) as rows: action, what, freed_bytes, kept_by."""
+    if isinstance(out, list):
+        return [_plain(r) for r in out]
+    rows = [{"action": "untagged", "what": t, "freed_bytes": 0, "kept_by": ""} for t in out.get("untagged", [])]
+    freed = out.get("freed", 0)
+    deleted = out.get("deleted", [])
+    per = out.get("freed_by", {}) or {}
+    for i, d in enumerate(deleted):
+        rows.append({"action": "deleted", "what": str(d)[:12],
+                     "freed_bytes": per.get(d, freed if len(deleted) == 1 else 0), "kept_by": ""})
+    if len(deleted) > 1 and not per:
+        rows.append({"action": "total", "what": f"{len(deleted)} images", "freed_bytes": freed, "kept_by": ""})
+    for k in out.get("kept_by", []):
+        rows.append({"action": "kept", "what": "", "freed_bytes": 0, "kept_by": k})
+    return rows

@@ -1,6 +1,8 @@
 """The column's figure-2 workflow through the Lab facade, on every backend that runs here."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from labkit import Lab, errors
@@ -52,3 +54,44 @@ def test_running_container_commit_and_exec(tmp_path):
             c.remove(force=True)
         r = lab.run("svc:snap", ["cat", "/state"], rm=True)
         assert r.output == "live\n"
+
+
+@pytest.mark.parametrize("name", ["x/../../../victim", "../victim", "a b", "", "-x", ".hidden", "x" * 129, "é"])
+def test_hostile_container_names_touch_nothing(tmp_path, name):
+    """`labkit run --name 'x/../../../victim'` once rmtree'd a host directory outside the store."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep").write_text("precious")
+    with Lab(str(tmp_path / "lab" / "store"), "overlay") as lab:
+        lab.import_image("busybox", tag="busybox")
+        with pytest.raises(errors.InvalidArgument, match="container name"):
+            lab.run("busybox", ["true"], name=name, rm=True)
+        assert [i.name for i in lab.sn.walk("kind==active")] == []
+    assert (victim / "keep").read_text() == "precious"
+
+
+def test_one_way_in_history_rmi_prune_reset(tmp_path):
+    with Lab(str(tmp_path / "lab"), "overlay") as lab:
+        lab.import_image("busybox", tag="busybox")
+        c = lab.run("busybox", ["sh", "-c", "echo 1 > /f"], name="b1")
+        lab.commit(c, "app:v1")
+        c.remove()
+        with pytest.raises(errors.NotFound, match="was removed"):
+            c.exec(["true"])                                    # a labkit error, not AttributeError
+        hist = lab.history("app:v1")
+        assert list(hist.created_by)[0].startswith("sh -c echo") and len(hist) == 2
+        assert "app:v1" in lab.inspect("app:v1")["tags"]
+        lab.tag("app:v1", "app:latest")
+        out = lab.rmi("app:v1")                                 # one of two tags: only untagged
+        assert list(out.action) == ["untagged"] and list(out.what) == ["app:v1"]
+        out = lab.rmi("app:latest")
+        assert "deleted" in set(out.action) and out.freed_bytes.sum() >= 0
+        lab.run("busybox", ["sleep", "30"], name="left", detach=True)
+        lab.reset()                                             # a notebook's fresh start
+        assert len(lab.images()) == 0 and len(lab.ps()) == 0 and list(lab.sn.walk()) == []
+        assert os.path.exists(os.path.join(lab.root, ".labkit-store"))
+
+
+def test_root_slash_refused():
+    with pytest.raises(errors.InvalidArgument, match="store root '/'"):
+        Lab("/", "copy")
