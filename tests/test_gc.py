@@ -52,3 +52,46 @@ def test_gc_cleans_up_after_a_killed_process(tmp_path, backend):
 
 def test_gc_of_an_unknown_root_is_empty(tmp_path):
     assert gc(str(tmp_path / "nothing")) == []
+
+
+@pytest.mark.parametrize("root", ["/", "/etc", "/var/lib", "/tmp"])
+def test_gc_refuses_system_directories(root):
+    from labkit import errors
+    with pytest.raises(errors.InvalidArgument, match="system directory"):
+        gc(root)
+
+
+def test_gc_refuses_a_directory_that_is_no_store(tmp_path):
+    from labkit import errors
+    (tmp_path / "home").mkdir()
+    with pytest.raises(errors.InvalidArgument, match="no labkit store"):
+        gc(str(tmp_path / "home"))
+
+
+def test_overlay_layers_match_exactly():
+    """/var/lib/labkit2's overlay is not /var/lib/labkit's (a substring match once said it was)."""
+    from labkit.gc import _overlay_dirs
+    from labkit._sys.leftovers import inside
+    dirs = _overlay_dirs("rw,lowerdir=/var/lib/labkit2/a:/var/lib/labkit2/b,upperdir=/var/lib/labkit2/u,workdir=/w")
+    assert dirs == ["/var/lib/labkit2/a", "/var/lib/labkit2/b", "/var/lib/labkit2/u", "/w"]
+    assert not any(inside(d, "/var/lib/labkit") for d in dirs)
+
+
+@pytest.mark.root
+def test_gc_keeps_a_mount_in_use_unless_forced(tmp_path):
+    root = tmp_path / "store"
+    (root / "rootfs" / "c1").mkdir(parents=True)
+    (root / ".labkit-store").write_text("")
+    target = str(root / "rootfs" / "c1")
+    mounts.mount("tmpfs", target, "tmpfs", 0, "size=1m")
+    user = subprocess.Popen(["sleep", "60"], cwd=target)
+    try:
+        out = gc(str(root))
+        assert any("kept, in use by pid" in line for line in out), out
+        assert mounts.mounts_under(str(root))
+    finally:
+        user.kill()
+        user.wait()
+    out = gc(str(root))
+    assert any(line.startswith("mount " + target) for line in out), out
+    assert not mounts.mounts_under(str(root))
