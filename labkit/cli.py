@@ -53,7 +53,7 @@ def cmd_backends(args: argparse.Namespace) -> int:
 def cmd_gc(args: argparse.Namespace) -> int:
     """Release mounts and loop devices a crashed labkit left for this store."""
     from .gc import gc
-    done = gc(_root(args), everything=args.all, dry_run=args.dry_run)
+    done = gc(_root(args), everything=args.all, dry_run=args.dry_run, force=args.force)
     for line in done:
         print(("would release " if args.dry_run else "released ") + line)
     if not done:
@@ -106,9 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("backends", help="list snapshot backends and whether they run here")
     s.set_defaults(func=cmd_backends)
 
-    s = sub.add_parser("gc", help="release mounts and loop devices left by a crash")
+    s = sub.add_parser("gc", help="release mounts, loop devices, daemons, cgroups and links left by a crash")
     s.add_argument("--all", action="store_true", help="also every labkit-named object outside this store")
     s.add_argument("--dry-run", action="store_true", help="only say what would be released")
+    s.add_argument("--force", action="store_true", help="also mounts a live process still uses")
     s.set_defaults(func=cmd_gc)
 
     s = sub.add_parser("bench", help="run an experiment and save tidy CSV (see --list)")
@@ -123,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_bench)
 
-    for mod in ("labkit.thin.cli", "labkit.containers.cli", "labkit.cli_lab"):
+    for mod in ("labkit.cli_lab", "labkit.cli_info", "labkit.thin.cli", "labkit.containers.cli"):
         try:
             register: Callable[[argparse._SubParsersAction], None] = importlib.import_module(mod).register
         except (ImportError, AttributeError):
@@ -161,22 +162,35 @@ def _hoist_root(argv: list[str]) -> list[str]:
     return front + out
 
 
+def _exit_code_for(args: argparse.Namespace, e: BaseException) -> int:
+    """Docker's codes for ``run``/``exec``: 127 command not found, 126 cannot execute, 125 labkit failed;
+    1 for every other verb."""
+    if getattr(args, "func", None) is None or getattr(args, "command", None) not in ("run", "exec"):
+        return 1
+    text = str(e)
+    if "cannot exec the command" in text:
+        return 127 if ("No such file" in text or "not found" in text) else 126
+    return 125
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``labkit`` console script."""
+    from .cli_format import cli_words
     parser = build_parser()
     args = parser.parse_args(_hoist_root(list(sys.argv[1:] if argv is None else argv)))
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    args.root_parser = parser
     try:
         return int(args.func(args) or 0)
     except errors.LabkitError as e:
-        print(f"labkit: {e}", file=sys.stderr)
-        return 1
+        print(f"labkit: {cli_words(str(e))}", file=sys.stderr)
+        return _exit_code_for(args, e)
     except OSError as e:
         where = f" ({e.filename})" if e.filename else ""
         print(f"labkit: {e.strerror or e}{where}", file=sys.stderr)
-        return 1
+        return _exit_code_for(args, e)
     except KeyboardInterrupt:
         print("labkit: interrupted", file=sys.stderr)
         return 130

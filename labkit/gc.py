@@ -85,7 +85,7 @@ SYSTEM_DIRS = {"/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", 
 
 def check_root(root: str) -> str:
     """The real path of ``root`` if gc may work on it: not a system directory, and (when it exists) holding
-    a labkit store marker. Otherwise a one-line :class:`~labkit.errors.InvalidArgument`.
+    a labkit store marker or nothing at all. Otherwise a one-line :class:`~labkit.errors.InvalidArgument`.
 
     >>> check_root("/nonexistent/labkit-store")
     '/nonexistent/labkit-store'
@@ -97,7 +97,7 @@ def check_root(root: str) -> str:
     if real in SYSTEM_DIRS:
         raise errors.InvalidArgument(f"gc root {root!r}", "is a system directory, not a labkit store",
                                      fix="give the store's root (--root), e.g. /var/lib/labkit")
-    if os.path.isdir(real) and not any(os.path.lexists(os.path.join(real, m)) for m in STORE_MARKERS):
+    if os.path.isdir(real) and os.listdir(real) and not any(os.path.lexists(os.path.join(real, m)) for m in STORE_MARKERS):
         raise errors.InvalidArgument(f"gc root {root!r}", "holds no labkit store (no .labkit-store, metadata.db, "
                                      "snapshots/, images/, containers/ or pool/)",
                                      fix="give the store's root (--root), or `labkit gc --all` for every labkit object")

@@ -25,11 +25,13 @@ import shutil
 from typing import TYPE_CHECKING, Any, Sequence
 
 from . import errors
+from ._sys import mounts
 from ._sys.leftovers import inside
 from .config import default_root
 from .containers import Runtime
 from .images import ImageStore
 from .snapshots import BaseSnapshotter, default_backend, open_snapshotter
+from .snapshots.capabilities import PoolBacked
 from .snapshots.mount import Mounted, unmount
 from .units import parse_size
 
@@ -300,6 +302,10 @@ class Lab:
     def ps(self, *, all: bool = True) -> "pd.DataFrame":
         """Containers known to the runtime, as a table (``all=False``: only running ones)."""
         rows = [_plain(r) for r in self.runtime.ps()]
+        images = {i.labels.get("labkit.container"): i.labels.get("labkit.image", "")
+                  for i in self.sn.walk("kind==active")}
+        for r in rows:
+            r.setdefault("image", images.get(r.get("name"), ""))
         if not all:
             rows = [r for r in rows if r.get("status") == "running"]
         return _frame(rows)
@@ -335,6 +341,52 @@ class Lab:
         self.store.prune(all=True)
         for info in reversed(list(self.sn.walk())):
             self._drop_snapshot(info.name)
+
+    def check(self, *, repair: bool = False) -> list[dict[str, str]]:
+        """The whole store in one report: snapshot metadata (operations a crashed process left pending),
+        the thin pool's own check, images.db against the snapshotter, and ``rootfs/`` directories no
+        container owns. Each row: ``part``, ``problem``, ``repair`` (what was done, or would be with
+        ``repair=True``). An empty list is a clean store.
+
+        >>> lab.check()          # doctest: +SKIP
+        []
+        """
+        rows: list[dict[str, str]] = []
+        recover = getattr(self.sn, "recover", None)
+        if recover is not None and repair:
+            for r in recover() or []:
+                rows.append({"part": "snapshots", "problem": str(r), "repair": "finished or rolled back"})
+        pending = getattr(self.sn, "pending", None)
+        if pending is not None and not repair:
+            for r in pending() or []:
+                rows.append({"part": "snapshots", "problem": str(r), "repair": "roll back (labkit check --repair)"})
+        if isinstance(self.sn, PoolBacked):
+            report = self.sn.pool_check()
+            for p in report.problems:
+                rows.append({"part": "thin pool", "problem": p, "repair": "none automatic: see docs/thin-pool.md"})
+        found = self.store.check(repair=repair)
+        problems = getattr(found, "problems", found)
+        repairs = list(getattr(found, "repairs", []))
+        for i, p in enumerate(problems):
+            rows.append({"part": "images", "problem": str(p),
+                         "repair": str(repairs[i]) if i < len(repairs) else ("repaired" if repair else "labkit check --repair")})
+        base = os.path.join(self.root, "rootfs")
+        keys = {i.name for i in self.sn.walk()}
+        for entry in sorted(os.listdir(base)) if os.path.isdir(base) else []:
+            path = os.path.join(base, entry)
+            if entry in keys:
+                continue
+            if mounts.mounts_under(path):
+                rows.append({"part": "rootfs", "problem": f"{path} is mounted but no snapshot owns it",
+                             "repair": "labkit gc releases it"})
+                continue
+            done = "removed" if repair else "remove (labkit check --repair)"
+            if repair and os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            elif repair:
+                os.unlink(path)
+            rows.append({"part": "rootfs", "problem": f"leftover directory {path}", "repair": done})
+        return rows
 
     def _rootfs(self, key: str) -> str:
         base = os.path.join(self.root, "rootfs")

@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("labkit.lab",),
     ("labkit.plots", "labkit.experiments"),
     ("labkit.widgets",),
-    ("labkit.cli", "labkit.cli_lab", "labkit"),
+    ("labkit.cli", "labkit.cli_lab", "labkit.cli_info", "labkit.cli_format", "labkit"),
 ]
 
 #: layer-internal exceptions: (importer, imported) pairs that are allowed though they cross sideways

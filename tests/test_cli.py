@@ -65,4 +65,96 @@ def test_docker_shaped_verbs(tmp_path):
     r = labkit("image", "rm", "busybox", *R)
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "used by image" in r.stderr
     r = labkit("run", "nope:1", *R, "--", "true")
-    assert r.returncode == 1 and "not found" in r.stderr and r.stderr.count("\n") == 1
+    assert r.returncode == 125 and "not found" in r.stderr and r.stderr.count("\n") == 1
+    assert "labkit images" in r.stderr and "images()" not in r.stderr      # CLI words, not Python calls
+
+
+@pytest.fixture(scope="module")
+def lab_root(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("cli") / "lab")
+    r = labkit("image", "import", "busybox", "--root", root, "--backend", "overlay")
+    assert r.returncode == 0, r.stderr
+    return ["--root", root, "--backend", "overlay"]
+
+
+@pytest.mark.root
+def test_exit_codes_like_docker(lab_root):
+    assert labkit("run", "--rm", "busybox", *lab_root, "--", "sh", "-c", "exit 3").returncode == 3
+    assert labkit("run", "--rm", "busybox", *lab_root, "--", "/no/such/cmd").returncode == 127
+    assert labkit("run", "--rm", "busybox", *lab_root, "--", "/etc/passwd").returncode == 126
+    r = labkit("run", "--rm", "--name", "x/../../v", "busybox", *lab_root, "--", "true")
+    assert r.returncode == 125 and r.stderr.count("\n") == 1 and "container name" in r.stderr
+
+
+@pytest.mark.root
+def test_ps_all_quiet_json_and_human_tables(lab_root):
+    import json
+    r = labkit("run", "--name", "done1", "busybox", *lab_root, "--", "true")
+    assert r.returncode == 0, r.stderr
+    try:
+        assert "done1" not in labkit("ps", *lab_root).stdout              # running only
+        out = labkit("ps", "-a", *lab_root).stdout
+        assert out.splitlines()[0].startswith("CONTAINER ID") and "done1" in out and "exited (0)" in out
+        assert "None" not in out
+        ids = labkit("ps", "-a", "-q", *lab_root).stdout.split()
+        rows = json.loads(labkit("ps", "-a", "--format", "json", *lab_root).stdout)
+        assert [r["id"][:12] for r in rows] == ids and rows[0]["name"] == "done1"
+        imgs = labkit("images", *lab_root).stdout.splitlines()
+        assert imgs[0].split()[:2] == ["IMAGE", "ID"] and " MB" in imgs[1] and "ago" in imgs[1] or "just now" in imgs[1]
+        exact = labkit("images", "--bytes", *lab_root).stdout.splitlines()[1]
+        assert any(w.isdigit() and int(w) > 100000 for w in exact.split())
+        hist = labkit("image", "history", "busybox", *lab_root).stdout.splitlines()
+        assert hist[0].startswith("IMAGE") and "CREATED BY" in hist[0]
+        assert labkit("df", *lab_root).stdout.startswith("KIND")
+    finally:
+        labkit("rm", "done1", *lab_root)
+
+
+@pytest.mark.root
+def test_run_options_from_docker_habit(lab_root, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "in.txt").write_text("from host\n")
+    envf = tmp_path / "env"
+    envf.write_text("# comment\nGREETING=hello\n\n")
+    r = labkit("run", "--rm", "-v", f"{data}:/data:ro", "--env-file", str(envf), "-e", "X=1", "-w", "/data",
+               "-u", "nobody", "--hostname", "box", "busybox", *lab_root, "--",
+               "sh", "-c", 'cat in.txt; echo $GREETING $X; pwd; id -un; hostname; echo x > /data/w 2>&1 || echo ro')
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:6] == ["from host", "hello 1", "/data", "nobody", "box", "ro"], r.stdout
+    assert not (data / "w").exists()
+    r = labkit("run", "--rm", "--entrypoint", "echo", "busybox", *lab_root, "--", "a", "b")
+    assert r.stdout == "a b\n", r.stderr
+    r = labkit("run", "--rm", "-v", "relative:/x", "busybox", *lab_root, "--", "true")
+    assert r.returncode == 125 and "absolute host path" in r.stderr
+
+
+@pytest.mark.root
+def test_ctrl_c_reaches_the_container(lab_root):
+    """Ctrl-C on `labkit run` once returned 0 while the container ran on."""
+    import signal
+    import time
+    p = subprocess.Popen([sys.executable, "-m", "labkit.cli", "run", "--rm", "--name", "sleeper", "busybox",
+                          *lab_root, "--", "sh", "-c", "trap 'exit 42' INT; echo up; while :; do sleep 0.1; done"],
+                         stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "up"
+    t = time.monotonic()
+    p.send_signal(signal.SIGINT)
+    assert p.wait(timeout=10) == 42 and time.monotonic() - t < 5
+    p = subprocess.Popen([sys.executable, "-m", "labkit.cli", "run", "--rm", "busybox", *lab_root, "--",
+                          "sh", "-c", "echo up; exec sleep 30"], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "up"
+    p.send_signal(signal.SIGINT)                         # sleep as PID 1 ignores SIGINT: killed after 2 s
+    assert p.wait(timeout=10) in (130, 137)
+    assert "sleeper" not in labkit("ps", "-a", *lab_root).stdout
+
+
+def test_info_and_completion():
+    r = labkit("info", "--format", "json")
+    import json
+    data = json.loads(r.stdout)
+    assert data["labkit"] == __version__ and "kernel_features" in data and data["default_backend"]
+    script = labkit("completion", "bash").stdout
+    r = subprocess.run(["bash", "-c", script + '\nCOMP_WORDS=(labkit image ""); COMP_CWORD=2; _labkit; '
+                        'echo "${COMPREPLY[@]}"'], capture_output=True, text=True)
+    assert "import" in r.stdout.split() and "prune" in r.stdout.split(), r.stderr

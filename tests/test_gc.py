@@ -64,6 +64,7 @@ def test_gc_refuses_system_directories(root):
 def test_gc_refuses_a_directory_that_is_no_store(tmp_path):
     from labkit import errors
     (tmp_path / "home").mkdir()
+    (tmp_path / "home" / ".bashrc").write_text("")
     with pytest.raises(errors.InvalidArgument, match="no labkit store"):
         gc(str(tmp_path / "home"))
 
