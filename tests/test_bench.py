@@ -125,3 +125,24 @@ def test_start_latency_plot_from_rows():
     df = pd.DataFrame({"runtime": ["labkit", "runc"] * 3, "seconds": [0.02, 0.04] * 3, "warmup": [False] * 6})
     fig = plot(df, "start-latency")
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["labkit", "runc"]
+
+
+def test_registry_is_full_from_the_framework_alone():
+    """One module per experiment registers itself; importing the framework (which imports its package)
+    is enough for get/names, in a fresh interpreter."""
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", "from labkit.experiments.framework import names; print(','.join(names()))"],
+                         capture_output=True, text=True, check=True).stdout.strip().split(",")
+    assert out == ["snapshot-time", "space-vs-containers", "cow-penalty", "commit-cost", "block-size",
+                   "pool-exhaustion", "thin-io", "start-latency", "image-sprawl"]
+    import labkit.experiments as pkg
+    assert not hasattr(pkg, "save") and not hasattr(pkg, "load")   # framework.save/load are the ones
+
+
+def test_store_options_come_from_the_backend():
+    from labkit.experiments.common import backend_class, store_options
+    for name in ("copy", "overlay", "btrfs", "reflink", "thin"):
+        assert store_options(name, 1 << 30) == backend_class(name).options_for(1 << 30)
+    with pytest.raises(errors.InvalidArgument, match="choose one of"):
+        backend_class("zfs")

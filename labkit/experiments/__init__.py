@@ -1,63 +1,23 @@
 """Parameterised measurements that return tidy pandas DataFrames (one row per observation).
 
-Every row carries its parameters, the repetition and a warm-up flag, and the host (kernel, the store's
-filesystem, backend, labkit version, CPU model) as columns; units are in column names (``seconds``,
-``parent_bytes``). :func:`save` writes a CSV plus a JSON of the environment beside it.
+:mod:`~labkit.experiments.framework` declares parameters and runs cases on any Executor; each built-in
+experiment is a module of its own that registers itself with the framework; importing this package
+imports them all, so ``framework.get(name)`` and ``framework.names()`` know every one. Shared pieces:
+:mod:`~labkit.experiments.common` (scratch stores, images, digests), :mod:`~labkit.experiments.fill`
+(realistic file trees) and :mod:`~labkit.experiments.host` (the host columns every row carries).
 
->>> from labkit.experiments import environment
->>> "kernel" in environment()
-True
+>>> from labkit.experiments import framework, environment
+>>> framework.names()[:2], "kernel" in environment()
+(['snapshot-time', 'space-vs-containers'], True)
 """
 from __future__ import annotations
 
-import json
-import os
-import platform
-import time
-from typing import Any
+# each module registers one experiment on import; this order is `labkit bench --list`'s
+from . import (  # noqa: F401
+    snapshot_time, space_vs_containers, cow_penalty, commit_cost, block_size, pool_exhaustion, thin_io,
+    start_latency, image_sprawl,
+)
+from . import framework
+from .host import cpu_model, environment
 
-import pandas as pd
-
-from .. import __version__
-from .._sys.probe import fs_type, kernel
-
-
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def environment(root: str | None = None) -> dict[str, Any]:
-    """The host facts every result row and result file carries."""
-    return {
-        "kernel": kernel(),
-        "store_fs": fs_type(root) if root else "",
-        "labkit_version": __version__,
-        "cpu_model": cpu_model(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "hostname": platform.node(),
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-
-
-def save(df: pd.DataFrame, out: str, *, env: dict[str, Any] | None = None) -> tuple[str, str]:
-    """Write ``df`` to ``out`` (CSV) and its environment to ``out`` with ``.json``; returns both paths."""
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    df.to_csv(out, index=False)
-    meta = os.path.splitext(out)[0] + ".json"
-    with open(meta, "w") as f:
-        json.dump({"environment": env or environment(), "rows": len(df), "columns": list(df.columns)}, f, indent=2)
-    return out, meta
-
-
-def load(path: str) -> pd.DataFrame:
-    """Read a result CSV back (its environment JSON is beside it)."""
-    return pd.read_csv(path)
+__all__ = ["framework", "environment", "cpu_model"]

@@ -8,6 +8,11 @@ an executor (``None``: in this process, with a per-trial progress bar; any ``con
 a Dask ``Client.get_executor()`` included, runs cases in parallel), adds the parameters, the warm-up flag
 and the host as columns, and returns one DataFrame.
 
+The registry is filled by the experiment modules themselves (one module per experiment, each importing
+this one); ``labkit.experiments`` imports them all, so :func:`get` and :func:`names` know every built-in
+once that package is imported — which importing this module already does. This module imports no
+experiment.
+
 >>> from labkit.experiments.framework import Param, experiment, run
 >>> @experiment("square", title="x squared", params=[Param("x", "int", 2, min=0, max=10, sweep=True)])
 ... def _square(p, repeat, ctx):
@@ -32,7 +37,7 @@ import pandas as pd
 from .. import errors
 from ..config import bench_root
 from ..units import parse_size
-from . import environment
+from .host import environment
 
 TYPES = ("int", "float", "str", "bool", "size", "choice")
 
@@ -139,21 +144,15 @@ def experiment(name: str, *, title: str, params: Sequence[Param], columns: dict[
 
 
 def get(name: str) -> Experiment:
-    """The experiment called ``name`` (built-ins are loaded on first use)."""
-    _load_builtins()
+    """The experiment called ``name``."""
     if name not in REGISTRY:
         raise errors.NotFound(f"experiment {name!r}", fix="list them with `labkit bench --list`")
     return REGISTRY[name]
 
 
 def names() -> list[str]:
-    """Every registered experiment."""
-    _load_builtins()
+    """Every registered experiment, in the order they were registered."""
     return list(REGISTRY)
-
-
-def _load_builtins() -> None:
-    from . import builtin  # noqa: F401  (registers on import)
 
 
 def cases(exp: Experiment, params: dict[str, Any]) -> list[dict[str, Any]]:

@@ -22,7 +22,7 @@ import shutil
 import tempfile
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator
 
 import pandas as pd
 
@@ -31,7 +31,8 @@ from ..snapshots import open_snapshotter
 from .._sys.fs import run as run_tool
 from ..snapshots.mount import unmount
 from ..units import parse_size
-from . import environment
+from .framework import Context, Param, experiment
+from .host import environment
 
 OPS = ("seq_write", "seq_read", "rand_write_4k")
 MIB = 1 << 20
@@ -154,3 +155,16 @@ def ratios(df: pd.DataFrame) -> pd.DataFrame:
     d = df[~df.warmup].groupby(["op", "target"]).mib_per_s.median().unstack("target")
     d["thin_vs_loop"] = d["thin"] / d["loop"]
     return d.reindex([o for o in OPS if o in d.index])
+
+
+@experiment("thin-io", title="I/O through a thin device (FUSE + loop + ext4) vs a plain loop file",
+            params=[Param("file_size", "size", "256M", "file written and read"),
+                    Param("random_ops", "int", 4000, "4 KiB random writes", min=1)],
+            columns={"target": "thin or loop", "op": "seq_write, seq_read, rand_write_4k", "mib_per_s": "throughput"},
+            trials_per_case=lambda p: 6, summary=ratios)
+def thin_io_case(p: dict[str, Any], repeat: int, ctx: Context) -> list[dict[str, Any]]:
+    """The whole comparison is one case (both targets in the same run)."""
+    df = run(root=ctx.root, file_size=p["file_size"], random_ops=p["random_ops"], repeat=repeat, progress=False)
+    ctx.tick(6 * (repeat + 1))
+    keep = ["target", "op", "repeat", "bytes", "seconds", "mib_per_s"]
+    return df[keep].to_dict("records")

@@ -1,4 +1,7 @@
-"""ipywidgets panels: experiments, a thin device's blocks, a Lab's images and containers.
+"""ipywidgets panels: experiments, a snapshot's blocks, a Lab's images and containers.
+
+Every panel has a ``status`` line where the errors of its buttons appear, and shows its results by setting
+widget values (so that a background thread's results reach the browser).
 
 >>> from labkit.widgets import ExperimentPanel, BlockMap   # doctest: +SKIP
 """

@@ -2,6 +2,11 @@
 and a plot and a table that update as each case finishes. The run happens in a thread, so the kernel
 stays responsive; ``panel.results`` is the DataFrame so far.
 
+The thread shows its results by setting widget values — ``panel.plot`` (an ``Image`` with the standard
+figure as PNG, drawn with matplotlib's Agg renderer) and ``panel.table`` (an ``HTML`` table of the
+summary) — never by printing into an ``Output`` widget, whose capture does not reach the browser from
+another thread under ipykernel 7 (the panel said "done" and stayed empty).
+
 >>> from labkit.widgets import ExperimentPanel
 >>> panel = ExperimentPanel("space-vs-containers", root="/var/tmp/labkit-bench")   # doctest: +SKIP
 >>> panel                                   # shows the controls in a notebook      # doctest: +SKIP
@@ -9,7 +14,6 @@ stays responsive; ``panel.results`` is the DataFrame so far.
 """
 from __future__ import annotations
 
-import os
 import threading
 import traceback
 from typing import Any
@@ -17,12 +21,12 @@ from typing import Any
 import ipywidgets as w
 import pandas as pd
 
+from .. import plots
 from ..config import bench_root
-from IPython.display import display
-
 from ..experiments import framework
 from ..experiments.framework import Param
 from ..units import format_size
+from ._panel import Panel, error_html, table_html
 
 
 def _control(p: Param) -> w.Widget:
@@ -60,8 +64,13 @@ def _value(p: Param, control: w.Widget) -> Any:
     return v
 
 
-class ExperimentPanel(w.VBox):
-    """A panel for experiment ``name``; display it in a notebook, or drive it from code."""
+class ExperimentPanel(Panel):
+    """A panel for experiment ``name``; display it in a notebook, or drive it from code.
+
+    ``root`` is the scratch directory of the runs; ``defaults`` preset the controls. After a run:
+    ``results`` (the DataFrame), ``plot.value`` (PNG bytes), ``table.value`` (HTML), ``error`` (the
+    traceback of a failed run, or None).
+    """
 
     def __init__(self, name: str, *, root: str | None = None, repeat: int = 3, **defaults: Any) -> None:
         self.experiment = framework.get(name)
@@ -79,15 +88,15 @@ class ExperimentPanel(w.VBox):
         self.button = w.Button(description="Run", button_style="primary", icon="play")
         self.progress = w.IntProgress(value=0, min=0, max=1, description="idle", style={"description_width": "110px"})
         self.status = w.HTML()
-        self.plot_out = w.Output()
-        self.table_out = w.Output()
+        self.plot = w.Image(format="png", layout=w.Layout(max_width="100%"))
+        self.table = w.HTML()
         self.results = pd.DataFrame()
+        self.error: str | None = None
         self._thread: threading.Thread | None = None
-        self.button.on_click(lambda _: self.run())
+        self.button.on_click(lambda _b: self.guard(self.run))
         title = w.HTML(f"<b>{self.experiment.name}</b>: {self.experiment.title}")
         super().__init__([title, *self.controls.values(), self.repeat, w.HBox([self.button, self.progress]),
-                          self.status, w.Tab(children=[self.plot_out, self.table_out],
-                                             titles=("plot", "table"))])
+                          self.status, w.Tab(children=[self.plot, self.table], titles=("plot", "table"))])
 
     def params(self) -> dict[str, Any]:
         """The parameters as the controls say now (checked: a bad value raises InvalidArgument)."""
@@ -97,18 +106,30 @@ class ExperimentPanel(w.VBox):
 
     def run(self, *, wait: bool = False) -> None:
         """Start a run in a thread (the button does this); ``wait=True`` blocks until it ends."""
-        if self._thread and self._thread.is_alive():
+        if self.running:
             self.status.value = "already running"
             return
         try:
             params = self.params()
         except Exception as e:  # a bad control value: say so next to the button
-            self.status.value = f"<span style='color:#b00'>{e}</span>"
+            self.status.value = error_html(e)
             return
-        self._thread = threading.Thread(target=self._run, args=(params,), daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(params,), daemon=True,
+                                        name=f"ExperimentPanel {self.experiment.name}")
         self._thread.start()
         if wait:
-            self._thread.join()
+            self.wait()
+
+    @property
+    def running(self) -> bool:
+        """True while a run's thread is alive."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the current run ends (or ``timeout`` seconds); True when no run is left."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return not self.running
 
     def _run(self, params: dict[str, Any]) -> None:
         exp = self.experiment
@@ -117,37 +138,35 @@ class ExperimentPanel(w.VBox):
         self.button.disabled = True
         self.progress.max = max(1, len(grid))
         self.progress.value = 0
+        self.progress.bar_style = ""
         self.progress.description = "running"
         self.results = pd.DataFrame()
+        self.error = None
         try:
             for case in grid:
                 self.status.value = "running " + ", ".join(f"{k}={_fmt(v)}" for k, v in case.items())
                 df = framework.run(exp.name, repeat=repeat, root=self.root, progress=False, **case)
-                self.results = pd.concat([self.results, df], ignore_index=True)
-                self.results.attrs.update(df.attrs)
-                self.results.attrs["experiment"] = exp.name
+                results = pd.concat([self.results, df], ignore_index=True)
+                results.attrs.update(df.attrs)
+                results.attrs["experiment"] = exp.name
+                self.results = results
                 self.progress.value += 1
                 self._show()
             self.status.value = f"done: {len(self.results)} rows"
             self.progress.description = "done"
-        except Exception as e:
-            self.status.value = f"<span style='color:#b00'>failed: {e}</span>"
+        except Exception as e:  # shown in the panel; the traceback is kept in .error
+            self.error = traceback.format_exc()
+            self.status.value = "failed: " + error_html(e)
             self.progress.bar_style = "danger"
-            self._error = traceback.format_exc()
+            self.progress.description = "failed"
         finally:
             self.button.disabled = False
 
     def _show(self) -> None:
-        from .. import plots
-        import matplotlib.pyplot as plt
-        self.plot_out.clear_output(wait=True)
-        with self.plot_out:
-            fig = plots.plot(self.results, self.experiment.name)
-            display(fig)
-            plt.close(fig)
-        self.table_out.clear_output(wait=True)
-        with self.table_out:
-            display(self.experiment.summarize(self.results))
+        """Draw the standard figure and the summary table of the results so far (in the run's thread)."""
+        fig = plots.plot(self.results, self.experiment.name)
+        self.plot.value = plots.png(fig)
+        self.table.value = table_html(self.experiment.summarize(self.results))
 
 
 def _fmt(v: Any) -> str:
