@@ -244,10 +244,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     with _lab(args) as lab:
         cmd = _cmd(args)
         info = lab.inspect(args.image)
-        config = info.get("config") or {}
-        entry = [args.entrypoint] if args.entrypoint else list(config.get("Entrypoint") or [])
+        entry = [args.entrypoint] if args.entrypoint else list(info.get("entrypoint") or [])
         if not cmd:
-            cmd = list(config.get("Cmd") or [])
+            cmd = list(info.get("cmd") or [])
         cmd = entry + cmd
         if not cmd:
             raise errors.InvalidArgument(f"labkit run {args.image}", "has no command and the image names none",

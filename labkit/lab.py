@@ -28,6 +28,7 @@ from . import errors
 from ._sys import mounts
 from ._sys.leftovers import inside
 from .config import default_root
+from .gc import gc
 from .containers import Runtime
 from .images import ImageStore
 from .snapshots import BaseSnapshotter, default_backend, open_snapshotter
@@ -229,7 +230,7 @@ class Lab:
         return _frame(_removal_rows(_plain(self.store.prune(**kw))), ["action", "what", "freed_bytes", "kept_by"])
 
     def whatrequires(self, ref: str) -> dict[str, list[str]]:
-        """Images and containers that depend on ``ref``."""
+        """Images and containers that depend on ``ref``: ``{"images": [...], "containers": [...]}``."""
         return _plain(self.store.whatrequires(ref))
 
     def df(self) -> "pd.DataFrame":
@@ -324,7 +325,9 @@ class Lab:
 
     def reset(self) -> None:
         """Remove every container, image and snapshot of this store (a notebook's first cell, so that it
-        re-runs after its kernel was killed mid-way). Running containers are killed."""
+        re-runs after its kernel was killed mid-way). Running containers are killed, and what a killed
+        kernel left mounted for this store is released first (``labkit gc``)."""
+        gc(self.root, force=True)
         for c in self.containers():
             c.remove(force=True)
         for info in reversed(list(self.sn.walk())):
@@ -436,19 +439,20 @@ def _mark_store(root: str) -> None:
             os.close(fd)
 
 
-def _removal_rows(out: dict[str, Any]) -> list[dict[str, Any]]:
-    """rmi/prune results (dicts or dataclasses made plain) as rows: action, what, freed_bytes, kept_by."""
-    if isinstance(out, list):
-        return [_plain(r) for r in out]
-    rows = [{"action": "untagged", "what": t, "freed_bytes": 0, "kept_by": ""} for t in out.get("untagged", [])]
-    freed = out.get("freed", 0)
-    deleted = out.get("deleted", [])
-    per = out.get("freed_by", {}) or {}
-    for i, d in enumerate(deleted):
-        rows.append({"action": "deleted", "what": str(d)[:12],
-                     "freed_bytes": per.get(d, freed if len(deleted) == 1 else 0), "kept_by": ""})
-    if len(deleted) > 1 and not per:
-        rows.append({"action": "total", "what": f"{len(deleted)} images", "freed_bytes": freed, "kept_by": ""})
-    for k in out.get("kept_by", []):
+def _removal_rows(out: Any) -> list[dict[str, Any]]:
+    """rmi/prune results as rows: action (untagged, deleted, kept), what, freed_bytes, kept_by."""
+    out = _plain(out)
+    rows = [{"action": "untagged", "what": t, "freed_bytes": 0, "kept_by": ""} for t in out.get("untagged", ())]
+    for r in out.get("removals", ()):
+        r = _plain(r)
+        tags = ", ".join(r.get("tags", ()))
+        rows.append({"action": "deleted", "what": r.get("short_id") or str(r.get("id", ""))[:12]
+                     + (f" ({tags})" if tags else ""), "freed_bytes": int(r.get("freed") or 0), "kept_by": ""})
+    if "removals" not in out:           # the older dict shape: deleted ids and one total
+        deleted = list(out.get("deleted", ()))
+        for d in deleted:
+            rows.append({"action": "deleted", "what": str(d)[:12],
+                         "freed_bytes": int(out.get("freed", 0)) if len(deleted) == 1 else 0, "kept_by": ""})
+    for k in out.get("kept_by", ()):
         rows.append({"action": "kept", "what": "", "freed_bytes": 0, "kept_by": k})
     return rows
