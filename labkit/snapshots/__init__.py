@@ -1,4 +1,6 @@
-"""Snapshot backends behind one contract (see :mod:`labkit.snapshots.base`).
+"""Snapshot backends behind one contract (see :mod:`labkit.snapshots.base`), registered in one place, with
+their optional abilities as protocols (:class:`PoolBacked`, :class:`BlockMapped`; see
+:mod:`labkit.snapshots.capabilities`).
 
 >>> from labkit.snapshots import backend_names
 >>> "copy" in backend_names()
@@ -13,7 +15,8 @@ from typing import Any
 
 from .. import errors
 from ..config import default_root
-from .base import BaseSnapshotter, Info, Kind, Snapshotter, Usage, parse_filters
+from .base import BaseSnapshotter, Info, Kind, Recovered, Snapshotter, Usage, parse_filters
+from .capabilities import BlockMapped, PoolBacked, SnapshotBlock, StoreSpace
 from .mount import Mount, Mounted
 
 # Registration in one place: name -> module:class. Order is preference for the default backend.
@@ -93,5 +96,7 @@ def open_snapshotter(name: str, root: str | os.PathLike[str], **options: Any) ->
     return cls(root, **options)
 
 
-__all__ = ["Snapshotter", "BaseSnapshotter", "Info", "Kind", "Usage", "Mount", "Mounted", "parse_filters",
-           "backend_names", "backend_status", "default_backend", "open_snapshotter", "BackendStatus"]
+__all__ = ["Snapshotter", "BaseSnapshotter", "Info", "Kind", "Usage", "Mount", "Mounted", "Recovered", "parse_filters",
+           "backend_names", "backend_status", "default_backend", "open_snapshotter", "BackendStatus",
+           # optional abilities (labkit.snapshots.capabilities): test with isinstance, never by backend name
+           "StoreSpace", "SnapshotBlock", "PoolBacked", "BlockMapped"]

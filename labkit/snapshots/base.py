@@ -62,18 +62,37 @@ Methods and their edge cases
     Releases what the backend holds (a loop-file filesystem, the metadata connection). Idempotent: calling
     it twice is fine. Any other call after close raises ``FailedPrecondition``.
 
+``recover() -> list[Recovered]``
+    Settles what a crashed process left half done (see below); runs on open too. Never touches an
+    operation whose process is still alive.
+
+Crash safety
+------------
+A snapshot's storage is made and released outside any database transaction, so a crash cannot roll the
+row back while the storage stays. ``prepare``/``view`` first **reserve** the row (and thereby its id) in a
+committed transaction, marked *pending create*; then the backend makes the storage; then the mark is
+cleared. ``remove`` marks the row *pending remove*, releases the storage, and deletes the row last. A
+pending row is invisible to ``stat``/``walk``/``usage``/``mounts``/``commit`` but keeps its key taken and
+its parent un-removable. While an operation is in flight its process holds an ``flock`` on
+``<root>/locks/<id>`` (open file descriptions: another process, or another snapshotter in the same one,
+cannot take it); ``recover`` settles only pending rows whose lock it can take, i.e. whose owner died: the
+storage is released through the backend's ``_remove`` (made to tolerate storage never fully made) and the
+row deleted — a half-made snapshot is rolled back, a half-done removal finished.
+
 Backends implement a handful of ``_hooks`` on :class:`BaseSnapshotter`; the metadata, the checks above and
 the all-or-nothing behaviour live here once.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import shutil
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any, ClassVar, Iterator, Protocol, runtime_checkable
 
@@ -83,7 +102,7 @@ from .._sys.fs import tree_usage
 from .capabilities import StoreSpace
 from .mount import Mount
 
-__all__ = ["Kind", "Info", "Usage", "Snapshotter", "BaseSnapshotter", "Mount", "parse_filters"]
+__all__ = ["Kind", "Info", "Usage", "Snapshotter", "BaseSnapshotter", "Mount", "Recovered", "parse_filters"]
 
 
 _SCHEMA = """CREATE TABLE IF NOT EXISTS snapshots (
@@ -92,8 +111,22 @@ _SCHEMA = """CREATE TABLE IF NOT EXISTS snapshots (
                  kind TEXT NOT NULL CHECK (kind IN ('active','view','committed')),
                  parent_id INTEGER REFERENCES snapshots(id),
                  created REAL NOT NULL, updated REAL NOT NULL,
-                 labels TEXT NOT NULL DEFAULT '{}', state TEXT NOT NULL DEFAULT '{}');
+                 labels TEXT NOT NULL DEFAULT '{}', state TEXT NOT NULL DEFAULT '{}',
+                 pending TEXT);
                CREATE INDEX IF NOT EXISTS snapshots_parent ON snapshots(parent_id);"""
+# ``pending``: NULL for a settled snapshot; JSON ``{"op": "create"|"remove", "pid": N}`` while an operation
+# is in flight (see "Crash safety"). Stores made before it existed gain the column, NULL everywhere.
+
+
+def _migrate(db: sqlite3.Connection, lock: threading.RLock) -> None:
+    """Bring an older store's table up to :data:`_SCHEMA` (a no-op for a current one)."""
+    def columns() -> set[str]:
+        return {r[1] for r in db.execute("PRAGMA table_info(snapshots)")}
+    if "pending" in columns():
+        return
+    with transaction(db, lock):
+        if "pending" not in columns():       # another process may have migrated meanwhile
+            db.execute("ALTER TABLE snapshots ADD COLUMN pending TEXT")
 
 
 class Kind(str, Enum):
@@ -122,6 +155,21 @@ class Usage:
 
     size: int
     inodes: int
+
+
+@dataclass(frozen=True)
+class Recovered:
+    """One operation a crashed process left half done, as :meth:`BaseSnapshotter.recover` settled it.
+
+    ``operation`` is ``prepare``, ``view`` or ``remove``; ``outcome`` is ``rolled back`` (the half-made
+    snapshot is gone, its key free again), ``finished`` (the removal completed) or ``failed`` (``error``
+    says why the storage could not be released; the row stays pending and the next recover tries again).
+    """
+
+    name: str
+    operation: str
+    outcome: str
+    error: str = ""
 
 
 @runtime_checkable
@@ -218,13 +266,22 @@ class BaseSnapshotter:
         #: where snapshot storage lives; a backend may point it elsewhere in ``_open`` (a loop-file fs)
         self.storage = os.path.join(self.root, "snapshots")
         os.makedirs(self.storage, exist_ok=True)
+        self._locks = os.path.join(self.root, "locks")
+        os.makedirs(self._locks, exist_ok=True)
         self._lock = threading.RLock()
         self._db: sqlite3.Connection | None = connect(os.path.join(self.root, "metadata.db"), _SCHEMA)
         try:
+            _migrate(self._db, self._lock)
             self._open()
         except BaseException:
             self._db.close()
             self._db = None
+            raise
+        try:
+            #: what opening settled of operations a crashed process had left half done (see :meth:`recover`)
+            self.recovered: list[Recovered] = self.recover()
+        except BaseException:
+            self.close()
             raise
 
     # ---- hooks for backends -------------------------------------------------------------------------
@@ -252,7 +309,9 @@ class BaseSnapshotter:
         return None
 
     def _remove(self, row: Row) -> None:
-        """Release a snapshot's storage (any kind). Must tolerate storage that was never fully made."""
+        """Release a snapshot's storage (any kind). Must tolerate storage that was never fully made, or
+        not made at all: after a crash during prepare, :meth:`recover` calls it with ``row.state == {}``
+        (what ``_create`` returned was never saved), so derive names from ``row.id``, as ``_create`` did."""
         raise NotImplementedError
 
     def _usage(self, row: Row, chain: list[Row]) -> Usage:
@@ -299,7 +358,8 @@ class BaseSnapshotter:
         return Row(r[0], r[1], Kind(r[2]), r[3], json.loads(r[4]))
 
     def _get(self, name: str) -> Row:
-        r = self.db.execute("SELECT id,name,kind,parent_id,state FROM snapshots WHERE name=?", (name,)).fetchone()
+        r = self.db.execute("SELECT id,name,kind,parent_id,state FROM snapshots WHERE name=? AND pending IS NULL",
+                            (name,)).fetchone()
         if r is None:
             raise errors.NotFound(f"snapshot {name!r}", fix="list snapshots with walk()")
         return self._row(r)
@@ -317,7 +377,34 @@ class BaseSnapshotter:
         return Info(r[0], Kind(r[1]), r[2], r[3], r[4], json.loads(r[5]))
 
     _INFO_SQL = ("SELECT s.name, s.kind, p.name, s.created, s.updated, s.labels FROM snapshots s "
-                 "LEFT JOIN snapshots p ON s.parent_id = p.id")
+                 "LEFT JOIN snapshots p ON s.parent_id = p.id WHERE s.pending IS NULL")
+
+    # ---- in-flight operations (see "Crash safety" in the module docstring) -------------------------------
+    def _claim(self, row_id: int) -> int | None:
+        """Take the flock of ``row_id``'s operation: its descriptor, or None while another holds it."""
+        fd = os.open(os.path.join(self._locks, str(row_id)),
+                     os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                return None
+            raise
+        return fd
+
+    def _unclaim(self, row_id: int, fd: int) -> None:
+        """Drop a claim once its row is settled (or abandoned, for a later :meth:`recover`)."""
+        try:
+            os.unlink(os.path.join(self._locks, str(row_id)))
+        except FileNotFoundError:
+            pass
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _pending(op: str) -> str:
+        return json.dumps({"op": op, "pid": os.getpid()})
 
     # ---- the contract -----------------------------------------------------------------------------------
     def prepare(self, key: str, parent: str | None = None, *, labels: dict[str, str] | None = None) -> Mount:
@@ -337,41 +424,115 @@ class BaseSnapshotter:
     def _new(self, key: str, parent: str | None, kind: Kind, labels: dict[str, str] | None) -> Mount:
         _check_name(key)
         with self._lock:
-            made: Row | None = None
             try:
+                made, chain, claim = self._reserve(key, parent, kind, labels)
+            except _Busy:
+                self.recover()               # its owner may have died: then the key is free again
+                made, chain, claim = self._reserve(key, parent, kind, labels)
+            try:
+                os.makedirs(self.path(made), exist_ok=True)
+                state = self._create(made, chain)
+                if state:
+                    made = replace(made, state=state)
+                mount = self._mount(made, chain)
                 with self._tx() as db:
-                    if db.execute("SELECT 1 FROM snapshots WHERE name=?", (key,)).fetchone():
-                        raise errors.AlreadyExists(f"snapshot {key!r}", fix="choose another key or remove it first")
-                    parent_row = None
-                    if parent is not None:
-                        parent_row = self._get(parent)
-                        if parent_row.kind is not Kind.COMMITTED:
-                            raise errors.FailedPrecondition(
-                                f"parent {parent!r}", f"is {parent_row.kind.value}, not committed",
-                                fix=f"commit it first: commit(name, {parent!r})")
-                    now = time.time()
-                    cur = db.execute(
-                        "INSERT INTO snapshots(name,kind,parent_id,created,updated,labels) VALUES (?,?,?,?,?,?)",
-                        (key, kind.value, parent_row.id if parent_row else None, now, now,
-                         json.dumps(labels or {})))
-                    made = Row(cur.lastrowid, key, kind, parent_row.id if parent_row else None, {})
-                    chain = [parent_row, *self._chain(parent_row)] if parent_row else []
-                    os.makedirs(self.path(made), exist_ok=True)
-                    state = self._create(made, chain)
-                    if state:
-                        db.execute("UPDATE snapshots SET state=? WHERE id=?", (json.dumps(state), made.id))
-                        made = Row(made.id, key, kind, made.parent_id, state)
-                    return self._mount(made, chain)
+                    db.execute("UPDATE snapshots SET state=?, pending=NULL WHERE id=?",
+                               (json.dumps(made.state), made.id))
             except BaseException:
-                if made is not None:
-                    self._discard_storage(made)
+                self._abandon(made, claim)
                 raise
+            self._unclaim(made.id, claim)
+            return mount
+
+    def _reserve(self, key: str, parent: str | None, kind: Kind,
+                 labels: dict[str, str] | None) -> tuple[Row, list[Row], int]:
+        """Commit the new row, pending create, with its claim held: nothing is made yet, but the key, the id
+        and the parent (a pending child counts as a child) are taken."""
+        with self._tx() as db:
+            r = db.execute("SELECT pending FROM snapshots WHERE name=?", (key,)).fetchone()
+            if r is not None:
+                if r[0] is None:
+                    raise errors.AlreadyExists(f"snapshot {key!r}", fix="choose another key or remove it first")
+                busy = json.loads(r[0])
+                raise _Busy(f"snapshot {key!r}", f"is being {'made' if busy.get('op') == 'create' else 'removed'} "
+                            f"by process {busy.get('pid')}", fix="wait for it, or choose another key")
+            parent_row = None
+            if parent is not None:
+                parent_row = self._get(parent)
+                if parent_row.kind is not Kind.COMMITTED:
+                    raise errors.FailedPrecondition(
+                        f"parent {parent!r}", f"is {parent_row.kind.value}, not committed",
+                        fix=f"commit it first: commit(name, {parent!r})")
+            now = time.time()
+            cur = db.execute(
+                "INSERT INTO snapshots(name,kind,parent_id,created,updated,labels,pending) VALUES (?,?,?,?,?,?,?)",
+                (key, kind.value, parent_row.id if parent_row else None, now, now, json.dumps(labels or {}),
+                 self._pending("create")))
+            assert cur.lastrowid is not None
+            claim = self._claim(cur.lastrowid)
+            if claim is None:   # nobody can hold a claim on an id that was not in the table: a stray lock file
+                raise errors.FailedPrecondition(f"lock file {self._locks}/{cur.lastrowid}",
+                                                "is held by another process",
+                                                fix="see which with `fuser`; remove the file once it is gone")
+            try:
+                made = Row(cur.lastrowid, key, kind, parent_row.id if parent_row else None, {})
+                chain = [parent_row, *self._chain(parent_row)] if parent_row else []
+            except BaseException:
+                self._unclaim(cur.lastrowid, claim)
+                raise
+        return made, chain, claim
+
+    def _abandon(self, made: Row, claim: int) -> None:
+        """Undo a prepare that failed after its row was reserved. If even that fails, the row stays pending
+        and the claim is dropped, so a later :meth:`recover` (in any process) finishes the job."""
+        try:
+            self._discard_storage(made)
+            with self._tx() as db:
+                db.execute("DELETE FROM snapshots WHERE id=?", (made.id,))
+        except Exception:  # noqa: BLE001 - the original error matters more; recover() retries this
+            pass
+        finally:
+            self._unclaim(made.id, claim)
 
     def _discard_storage(self, row: Row) -> None:
         try:
             self._remove(row)
         finally:
             shutil.rmtree(self.path(row), ignore_errors=True)
+
+    def recover(self) -> list[Recovered]:
+        """Settle the operations that crashed processes left half done; returns what was settled.
+
+        A pending prepare/view is rolled back (its storage released, its row deleted: the key is free again),
+        a pending remove is finished. Operations of processes that are still alive (they hold their flock)
+        are left alone. Runs on open; ``labkit check`` calls it too. Safe to call any time, from any process.
+
+        >>> sn.recover()                   # doctest: +SKIP
+        [Recovered(name='c1', operation='prepare', outcome='rolled back', error='')]
+        """
+        with self._lock:
+            claimed: list[tuple[Row, dict[str, Any], int]] = []
+            with self._tx() as db:
+                rows = db.execute("SELECT id,name,kind,parent_id,state,pending FROM snapshots "
+                                  "WHERE pending IS NOT NULL ORDER BY id DESC").fetchall()
+                for r in rows:
+                    fd = self._claim(r[0])
+                    if fd is not None:
+                        claimed.append((self._row(r[:5]), json.loads(r[5]), fd))
+            out = []
+            for row, pending, fd in claimed:
+                op = "remove" if pending.get("op") == "remove" else "view" if row.kind is Kind.VIEW else "prepare"
+                try:
+                    self._discard_storage(row)
+                    with self._tx() as db:
+                        db.execute("DELETE FROM snapshots WHERE id=?", (row.id,))
+                except Exception as e:  # noqa: BLE001 - reported; the row stays pending for the next recover
+                    out.append(Recovered(row.name, op, "failed", f"{type(e).__name__}: {e}"))
+                else:
+                    out.append(Recovered(row.name, op, "finished" if op == "remove" else "rolled back"))
+                finally:
+                    self._unclaim(row.id, fd)
+            return out
 
     def commit(self, name: str, key: str, *, labels: dict[str, str] | None = None) -> None:
         """Turn active snapshot ``key`` into committed snapshot ``name``.
@@ -398,20 +559,40 @@ class BaseSnapshotter:
 
         >>> sn.remove("c1")                # doctest: +SKIP
         """
-        with self._tx() as db:
-            row = self._get(key)
-            kids = [r[0] for r in db.execute("SELECT name FROM snapshots WHERE parent_id=?", (row.id,))]
-            if kids:
-                raise errors.FailedPrecondition(f"snapshot {key!r}", f"has children {', '.join(kids)}",
-                                                fix="remove the children first")
-            if row.kind is Kind.ACTIVE:  # (a view may share its mount source with other views of the parent)
-                where = self._mounted_at(row, self._chain(row))
-                if where:
-                    raise errors.FailedPrecondition(f"snapshot {key!r}", f"is mounted at {where[0]}",
-                                                    fix="unmount it first (leave its `with` block)")
-            db.execute("DELETE FROM snapshots WHERE id=?", (row.id,))
-            self._remove(row)       # if the backend cannot release it, the row and the storage both stay
-            shutil.rmtree(self.path(row), ignore_errors=True)
+        with self._lock:
+            with self._tx() as db:
+                row = self._get(key)
+                kids = [r[0] + (" (being made)" if r[1] else "")
+                        for r in db.execute("SELECT name, pending FROM snapshots WHERE parent_id=?", (row.id,))]
+                if kids:
+                    raise errors.FailedPrecondition(f"snapshot {key!r}", f"has children {', '.join(kids)}",
+                                                    fix="remove the children first")
+                if row.kind is Kind.ACTIVE:  # (a view may share its mount source with other views of the parent)
+                    where = self._mounted_at(row, self._chain(row))
+                    if where:
+                        raise errors.FailedPrecondition(f"snapshot {key!r}", f"is mounted at {where[0]}",
+                                                        fix="unmount it first (leave its `with` block)")
+                claim = self._claim(row.id)
+                if claim is None:
+                    raise errors.FailedPrecondition(f"lock file {self._locks}/{row.id}", "is held by another process",
+                                                    fix="see which with `fuser`; remove the file once it is gone")
+                try:
+                    db.execute("UPDATE snapshots SET pending=? WHERE id=?", (self._pending("remove"), row.id))
+                except BaseException:
+                    self._unclaim(row.id, claim)
+                    raise
+            try:
+                try:
+                    self._remove(row)
+                except BaseException:   # the backend could not release it: the snapshot stays as it was
+                    with self._tx() as db:
+                        db.execute("UPDATE snapshots SET pending=NULL WHERE id=?", (row.id,))
+                    raise
+                shutil.rmtree(self.path(row), ignore_errors=True)
+                with self._tx() as db:
+                    db.execute("DELETE FROM snapshots WHERE id=?", (row.id,))
+            finally:
+                self._unclaim(row.id, claim)
 
     def stat(self, key: str) -> Info:
         """Metadata of one snapshot.
@@ -420,7 +601,7 @@ class BaseSnapshotter:
         <Kind.COMMITTED: 'committed'>
         """
         with self._lock:
-            r = self.db.execute(self._INFO_SQL + " WHERE s.name=?", (key,)).fetchone()
+            r = self.db.execute(self._INFO_SQL + " AND s.name=?", (key,)).fetchone()
             if r is None:
                 raise errors.NotFound(f"snapshot {key!r}", fix="list snapshots with walk()")
             return self._info(r)
@@ -490,3 +671,7 @@ def _check_name(name: str) -> None:
     if not isinstance(name, str) or not name or len(name) > 255 or "\0" in name or "\n" in name:
         raise errors.InvalidArgument(f"snapshot key {name!r}", "is empty, too long or has NUL/newline",
                                      fix="use a short printable name")
+
+
+class _Busy(errors.AlreadyExists):
+    """The key is taken by a pending row: an operation in flight, or one a crashed process left."""

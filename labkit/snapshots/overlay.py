@@ -18,12 +18,14 @@ full squashed copy, which is honest: removing it frees that much.
 """
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
 import tempfile
-from typing import Any
+from typing import Any, Iterator
 
+from .._sys.openat2 import RESOLVE_BENEATH, RESOLVE_NO_SYMLINKS, openat2
 from .._sys.probe import fs_type, has_filesystem, is_root
 from .._sys.fs import copy_tree, tree_usage
 from .base import BaseSnapshotter, Kind, Mount, Row, Usage
@@ -109,9 +111,13 @@ class OverlaySnapshotter(BaseSnapshotter):
 
         With ``index=on`` the kernel copies up only the name that was written (say ``g``) and finds the
         other names (``f``, ``sub/h``) through ``work/index`` while mounted. A committed layer has no index,
-        so those names would show the stale lower file: link them into the upper layer now.
+        so those names would show the stale lower file: link them into the upper layer now — each one only
+        where the container still sees it (no whiteout, symlink, opaque or redirected directory on the way).
+
+        The upper layer is the container's: every lookup in it goes through directory fds without following
+        a symlink (a directory replaced by ``-> /etc`` is never entered), so nothing outside it is touched.
         """
-        index = self.path(row, "work", "index")
+        index = self.path(row, "work", "index")     # the kernel's own; a container cannot reach the workdir
         try:
             entries = os.listdir(index)
         except FileNotFoundError:
@@ -123,62 +129,47 @@ class OverlaySnapshotter(BaseSnapshotter):
                 wanted.add(st.st_ino)
         if not wanted or not lowers:
             return
-        upper = self.path(row, "fs")
-        upper_of: dict[int, str] = {}
-        for dirpath, dirnames, filenames in os.walk(upper):
-            for name in filenames:
-                p = os.path.join(dirpath, name)
-                st = os.lstat(p)
+        upper_fd = os.open(self.path(row, "fs"), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            upper_of: dict[int, list[str]] = {}    # inode -> its names in the layer
+            for rel, st in _files(upper_fd):
                 if st.st_ino in wanted and stat.S_ISREG(st.st_mode):
-                    upper_of.setdefault(st.st_ino, os.path.relpath(p, upper))
-        if not upper_of:
-            return
+                    upper_of.setdefault(st.st_ino, []).append(rel)
+            if upper_of:
+                self._link_aliases(row, lowers, upper_fd, list(upper_of.values()))
+            # the copies are now plain hard links of this layer: drop the kernel's bookkeeping of their lower
+            # origin and link count, or a child mounted with index=on would count the aliases wrong
+            for names in upper_of.values():
+                _remove_xattrs(upper_fd, names[0], ("trusted.overlay.origin", "trusted.overlay.nlink"))
+        finally:
+            os.close(upper_fd)
+
+    def _link_aliases(self, row: Row, lowers: list[str], upper_fd: int, copied: list[list[str]]) -> None:
+        """Link, in the upper layer, the other lower names of each copied-up file (``copied``: the names of
+        each in the layer; the one that is also a lower name ties it to its lower origin)."""
         merged = (Mount("bind", lowers[0], ("ro",)) if len(lowers) == 1 else
                   Mount("overlay", f"{self.mount_name}-{row.id}-links",
                         ("ro", *(f"lowerdir+={d}" for d in lowers), "redirect_dir=follow")))
         target = tempfile.mkdtemp(prefix="links-", dir=self.path(row))
         try:
             with merged.mount(target):
-                origin = {}  # lower (dev, ino) -> the upper copy
-                for rel in upper_of.values():
-                    try:
-                        st = os.lstat(os.path.join(target, rel))
-                    except FileNotFoundError:
-                        continue
-                    if st.st_nlink > 1:
-                        origin[(st.st_dev, st.st_ino)] = rel
-                for dirpath, dirnames, filenames in os.walk(target):
-                    for name in filenames:
-                        p = os.path.join(dirpath, name)
-                        st = os.lstat(p)
+                view_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                try:
+                    origin = {}  # lower (dev, ino) -> the upper copy
+                    for names in copied:
+                        for rel in names:
+                            st = _lstat_beneath(view_fd, rel)
+                            if st is not None and st.st_nlink > 1 and stat.S_ISREG(st.st_mode):
+                                origin[(st.st_dev, st.st_ino)] = rel
+                                break
+                    for rel, st in _files(view_fd):
                         src = origin.get((st.st_dev, st.st_ino))
-                        rel = os.path.relpath(p, target)
-                        if src is None or rel == src or os.path.lexists(os.path.join(upper, rel)):
-                            continue
-                        self._copy_up_dirs(target, upper, os.path.dirname(rel))
-                        os.link(os.path.join(upper, src), os.path.join(upper, rel))
+                        if src is not None and rel != src:
+                            _link_alias(upper_fd, view_fd, src, rel)
+                finally:
+                    os.close(view_fd)
         finally:
             os.rmdir(target)
-        # the copies are now plain hard links of this layer: drop the kernel's bookkeeping of their lower
-        # origin and link count, or a child mounted with index=on would count the aliases wrong
-        for rel in upper_of.values():
-            for attr in ("trusted.overlay.origin", "trusted.overlay.nlink"):
-                try:
-                    os.removexattr(os.path.join(upper, rel), attr, follow_symlinks=False)
-                except OSError:
-                    pass
-
-    @staticmethod
-    def _copy_up_dirs(view: str, upper: str, rel: str) -> None:
-        """Create ``rel``'s directories in the upper layer with the lower's mode and owner."""
-        parts = [p for p in rel.split(os.sep) if p]
-        for i in range(1, len(parts) + 1):
-            d = os.path.join(upper, *parts[:i])
-            if not os.path.lexists(d):
-                st = os.stat(os.path.join(view, *parts[:i]))
-                os.mkdir(d, st.st_mode & 0o7777)
-                os.chown(d, st.st_uid, st.st_gid)
-                os.utime(d, ns=(st.st_atime_ns, st.st_mtime_ns))
 
     def _flatten(self, row: Row, lowers: list[str]) -> None:
         """Replace ``row``'s upper layer with the merged content of it and its lowers."""
@@ -211,3 +202,141 @@ class OverlaySnapshotter(BaseSnapshotter):
         if row.kind is Kind.VIEW:
             return Usage(0, 0)
         return Usage(*tree_usage(self.path(row, "fs")))
+
+
+# ---- walking a layer without following its symlinks ---------------------------------------------------------
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_BENEATH = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS
+
+
+def _files(top: int) -> Iterator[tuple[str, os.stat_result]]:
+    """``(relative path, lstat)`` of every non-directory under the open directory ``top``; directories are
+    entered through fds opened with ``O_NOFOLLOW`` relative to their parent, so a symlink (or a directory
+    swapped for one meanwhile) is reported as what it is and never followed."""
+    stack: list[tuple[str, int, list[os.DirEntry[str]]]] = []
+    fd = os.dup(top)
+    try:
+        with os.scandir(fd) as it:
+            stack.append(("", fd, list(it)))
+    except BaseException:
+        os.close(fd)
+        raise
+    try:
+        while stack:
+            rel, fd, entries = stack[-1]
+            if not entries:
+                os.close(fd)
+                stack.pop()
+                continue
+            e = entries.pop()
+            path = f"{rel}/{e.name}" if rel else e.name
+            try:
+                st = e.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                yield path, st
+                continue
+            try:
+                sub = os.open(e.name, _DIR, dir_fd=fd)
+            except OSError as err:
+                if err.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                    continue
+                raise
+            try:
+                with os.scandir(sub) as it:
+                    stack.append((path, sub, list(it)))
+            except BaseException:
+                os.close(sub)
+                raise
+    finally:
+        for _rel, fd, _entries in stack:
+            os.close(fd)
+
+
+def _lstat_beneath(top: int, rel: str) -> os.stat_result | None:
+    """lstat of ``rel`` below ``top`` when no component on the way is a symlink (else None)."""
+    try:
+        fd = openat2(top, rel, os.O_PATH | os.O_NOFOLLOW, resolve=_BENEATH)
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EXDEV):
+            return None
+        raise
+    try:
+        return os.fstat(fd)
+    finally:
+        os.close(fd)
+
+
+def _hides_lower(fd: int) -> bool:
+    """An upper directory that is opaque (re-made by the container) or redirected (renamed) does not show
+    the lower directory of the same path below it."""
+    for attr, hides in (("trusted.overlay.opaque", lambda v: v == b"y"), ("trusted.overlay.redirect", bool)):
+        try:
+            if hides(os.getxattr(fd, attr)):
+                return True
+        except OSError as e:
+            if e.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise
+    return False
+
+
+def _link_alias(upper: int, view: int, src: str, rel: str) -> None:
+    """Hard-link the upper file ``src`` at ``rel`` in the upper layer if the container still sees the lower
+    name ``rel`` there, copying up missing directories with the lower ones' mode, owner and times."""
+    *dirs, name = rel.split("/")
+    fd = os.dup(upper)
+    try:
+        for i, d in enumerate(dirs):
+            try:
+                st: os.stat_result | None = os.stat(d, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                st = None
+            if st is not None and not stat.S_ISDIR(st.st_mode):
+                return          # a whiteout, a symlink, a file: the lower name is gone from the container's view
+            if st is None:      # a directory of the lower layers only: copy it up
+                lower = _lstat_beneath(view, "/".join(dirs[: i + 1]))
+                if lower is None or not stat.S_ISDIR(lower.st_mode):
+                    return
+                os.mkdir(d, 0o700, dir_fd=fd)
+            sub = os.open(d, _DIR, dir_fd=fd)
+            os.close(fd)
+            fd = sub
+            if st is None:
+                os.fchown(fd, lower.st_uid, lower.st_gid)
+                os.fchmod(fd, stat.S_IMODE(lower.st_mode))
+                os.utime(fd, ns=(lower.st_atime_ns, lower.st_mtime_ns))
+            elif _hides_lower(fd):
+                return
+        try:
+            os.stat(name, dir_fd=fd, follow_symlinks=False)
+            return              # the layer has the name already (rewritten, removed, replaced)
+        except FileNotFoundError:
+            pass
+        src_dir, _, src_name = src.rpartition("/")
+        sfd = openat2(upper, src_dir or ".", _DIR, resolve=_BENEATH)
+        try:
+            os.link(src_name, name, src_dir_fd=sfd, dst_dir_fd=fd, follow_symlinks=False)
+        finally:
+            os.close(sfd)
+    finally:
+        os.close(fd)
+
+
+def _remove_xattrs(upper: int, rel: str, names: tuple[str, ...]) -> None:
+    """Remove xattrs ``names`` of the regular file ``rel`` below ``upper`` (through an ``O_PATH`` fd, so a
+    symlink is never followed and no device or fifo is opened)."""
+    try:
+        fd = openat2(upper, rel, os.O_PATH | os.O_NOFOLLOW, resolve=_BENEATH)
+    except OSError:
+        return
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return
+        for attr in names:
+            try:
+                os.removexattr(f"/proc/self/fd/{fd}", attr)
+            except OSError:
+                pass
+    finally:
+        os.close(fd)
