@@ -44,7 +44,8 @@ def test_public_api_is_pinned():
     assert labkit.__all__ == ["__version__", "Lab"] and labkit.Lab.__doc__
     assert sorted(labkit.snapshots.__all__) == sorted([
         "Snapshotter", "BaseSnapshotter", "Info", "Kind", "Usage", "Mount", "Mounted", "parse_filters",
-        "backend_names", "backend_status", "default_backend", "open_snapshotter", "BackendStatus"])
+        "backend_class", "backend_names", "backend_status", "default_backend", "open_snapshotter", "BackendStatus",
+        "Recovered", "StoreSpace", "SnapshotBlock", "PoolBacked", "BlockMapped"])
     for name in labkit.snapshots.__all__:
         assert getattr(labkit.snapshots, name).__doc__, name
 

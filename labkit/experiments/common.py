@@ -12,7 +12,6 @@ True
 from __future__ import annotations
 
 import hashlib
-import importlib
 import os
 import random
 import shutil
@@ -22,8 +21,7 @@ from typing import Any, Iterator
 
 import pandas as pd
 
-from .. import errors, snapshots
-from ..snapshots import BaseSnapshotter, backend_names, open_snapshotter
+from ..snapshots import BaseSnapshotter, backend_class, backend_names, open_snapshotter
 from .fill import fill_tree
 from .framework import Context, Param
 
@@ -38,22 +36,6 @@ __all__ = ["BACKENDS", "MIB", "backend_param", "backend_class", "store_options",
 def backend_param(default: Any = ("copy", "overlay", "btrfs", "reflink", "thin")) -> Param:
     """The ``backend`` parameter (a list: one case per backend)."""
     return Param("backend", "choice", list(default), "snapshot backends to compare", choices=BACKENDS, sweep=True)
-
-
-def backend_class(name: str) -> type[BaseSnapshotter]:
-    """The snapshotter class of backend ``name`` (so that its classmethods can be asked before a store
-    exists). Backends live in ``labkit.snapshots.<name>``, one per module.
-
-    >>> backend_class("copy").name
-    'copy'
-    """
-    if name not in backend_names():
-        raise errors.InvalidArgument(f"backend {name!r}", "is unknown", fix=f"choose one of {', '.join(backend_names())}")
-    module = importlib.import_module(f"{snapshots.__name__}.{name}")
-    for obj in vars(module).values():
-        if isinstance(obj, type) and issubclass(obj, BaseSnapshotter) and getattr(obj, "name", None) == name:
-            return obj
-    raise errors.Unsupported(f"{name} backend", "has no snapshotter class in its module")
 
 
 def store_options(backend: str, largest: int) -> dict[str, Any]:

@@ -41,6 +41,21 @@ def _load(name: str) -> type[BaseSnapshotter] | None:
         raise
 
 
+def backend_class(name: str) -> type[BaseSnapshotter]:
+    """The snapshotter class of backend ``name``, so that its classmethods (``supported``,
+    ``options_for``) can be asked before a store exists.
+
+    >>> backend_class("copy").name
+    'copy'
+    """
+    if name not in _BACKENDS:
+        raise errors.InvalidArgument(f"backend {name!r}", "is unknown", fix=f"choose one of {', '.join(_BACKENDS)}")
+    cls = _load(name)
+    if cls is None:
+        raise errors.Unsupported(f"{name} backend", "is not implemented in this version of labkit")
+    return cls
+
+
 def backend_names() -> list[str]:
     """Every backend labkit knows of, implemented or not, in order of preference."""
     return list(_BACKENDS)
@@ -88,15 +103,10 @@ def open_snapshotter(name: str, root: str | os.PathLike[str], **options: Any) ->
 
     >>> sn = open_snapshotter("copy", "/tmp/lk-doc")     # doctest: +SKIP
     """
-    if name not in _BACKENDS:
-        raise errors.InvalidArgument(f"backend {name!r}", "is unknown", fix=f"choose one of {', '.join(_BACKENDS)}")
-    cls = _load(name)
-    if cls is None:
-        raise errors.Unsupported(f"{name} backend", "is not implemented in this version of labkit")
-    return cls(root, **options)
+    return backend_class(name)(root, **options)
 
 
 __all__ = ["Snapshotter", "BaseSnapshotter", "Info", "Kind", "Usage", "Mount", "Mounted", "Recovered", "parse_filters",
-           "backend_names", "backend_status", "default_backend", "open_snapshotter", "BackendStatus",
+           "backend_class", "backend_names", "backend_status", "default_backend", "open_snapshotter", "BackendStatus",
            # optional abilities (labkit.snapshots.capabilities): test with isinstance, never by backend name
            "StoreSpace", "SnapshotBlock", "PoolBacked", "BlockMapped"]
