@@ -2,7 +2,8 @@
 
 A name is one or more ``/``-separated path components of lowercase letters and digits joined by
 separators (``.``, ``_``, ``__``, one or more ``-``); an optional first component may be a registry host
-(``localhost:5000/app``). A tag matches ``[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}``; it defaults to ``latest``.
+(``localhost:5000/app``); at most 255 characters, and not 64 hex digits (Docker refuses those: they read
+as an image id). A tag matches ``[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}``; it defaults to ``latest``.
 
 >>> parse_reference("busybox")
 ('busybox', 'latest')
@@ -21,9 +22,10 @@ _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?)"
 _NAME_RE = re.compile(rf"^(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*$")
 _TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$", re.ASCII)
+_HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
 
-NAME_RULE = ("lowercase letters and digits in '/'-separated components, joined by '.', '_', '__' or '-', "
-             "optionally after a registry host[:port]/; at most 255 characters")
+NAME_RULE = ("a name is lowercase letters and digits in '/'-separated components, joined by '.', '_', '__' or "
+             "'-', optionally after a registry host[:port]/; at most 255 characters, not 64 hex digits")
 TAG_RULE = "a tag is [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
 
 
@@ -47,6 +49,9 @@ def parse_reference(ref: str) -> tuple[str, str]:
         raise errors.InvalidArgument(f"tag {tag!r} in {ref!r}", "is not a valid tag", fix=TAG_RULE)
     if len(name) > 255 or not _NAME_RE.match(name):
         raise errors.InvalidArgument(f"image name {name!r} in {ref!r}", "is not a valid name", fix=NAME_RULE)
+    if _HEX64_RE.match(name):
+        raise errors.InvalidArgument(f"image name {name!r} in {ref!r}", "is 64 hex digits, which reads as an image id",
+                                     fix="choose a name that is not an id")
     return name, tag
 
 

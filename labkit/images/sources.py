@@ -13,6 +13,7 @@ import glob
 import os
 import shutil
 import subprocess
+import tempfile
 
 from .. import errors
 
@@ -70,20 +71,21 @@ def debian_tarball(cache_dir: str, *, suite: str = "bookworm", variant: str = "m
     if not tool:
         raise errors.Unsupported("the debian image", "needs mmdebstrap", fix="apt-get install mmdebstrap")
     mirror = mirror or debian_mirror()
-    tmp = os.path.join(cache_dir, f".part-{os.getpid()}-debian-{suite}-{variant}.tar")
+    # mmdebstrap writes into a private directory of ours (mkdtemp: 0700, a fresh name), then one rename
+    # puts the whole tarball in place: no half-written cache, and nothing planted at a guessable name
+    work = tempfile.mkdtemp(prefix=".tmp-", dir=cache_dir)
     try:
+        tmp = os.path.join(work, "out.tar")
         res = subprocess.run([tool, "--quiet", f"--variant={variant}", "--mode=root", "--format=tar", suite, tmp, mirror],
                              capture_output=True, text=True, timeout=timeout)
         if res.returncode:
             tail = " | ".join(res.stderr.strip().splitlines()[-3:])
             raise errors.FailedPrecondition(f"mmdebstrap {suite} from {mirror}", f"failed: {tail}",
                                             fix="check that the mirror is reachable (apt-get update)")
+        os.chmod(tmp, 0o600)
         os.rename(tmp, out)
     finally:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp)
-        elif os.path.exists(tmp):
-            os.unlink(tmp)
+        shutil.rmtree(work, ignore_errors=True)
     return out
 
 

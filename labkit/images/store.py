@@ -2,19 +2,22 @@
 
 An image is the committed snapshot ``img-<id>`` of the store's snapshotter plus a row in
 ``<root>/images.db``: id (64 hex digits from random bytes; the short id is the first 12), parent image,
-created, created_by, comment, size (apparent content bytes). Tags are ``name:tag`` rows pointing at an id.
-Containers belong to the runtime; the store sees them as active (or view) snapshots whose parent is an
-image's snapshot, and treats them as users of that image.
+created, created_by, comment, size (apparent content bytes), config (Env, Cmd, Entrypoint, WorkingDir,
+User, Labels). Tags are ``name:tag`` rows pointing at an id. Containers belong to the runtime; the store
+sees them as active (or view) snapshots whose parent is an image's snapshot, and treats them as users of
+that image. Answers are frozen dataclasses (:mod:`labkit.images.records`); this module never imports
+pandas.
 
 >>> from labkit.snapshots import open_snapshotter            # doctest: +SKIP
 >>> store = ImageStore("/tmp/imgs", open_snapshotter("copy", "/tmp/imgs/sn"))   # doctest: +SKIP
 >>> img = store.import_busybox(tag="busybox")                 # doctest: +SKIP
->>> store.history("busybox")[0]["created_by"]                 # doctest: +SKIP
+>>> store.history("busybox")[0].created_by                    # doctest: +SKIP
 'labkit import busybox'
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sqlite3
 import tarfile
@@ -22,32 +25,40 @@ import tempfile
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
-
-import pandas as pd
+from typing import Any, BinaryIO, Callable, Iterator
 
 from .. import errors
 from .._db import connect, transaction
-from ..snapshots import BaseSnapshotter, Info, Kind
 from .._sys.fs import copy_tree
-from . import tarsafe
+from ..snapshots import BaseSnapshotter, Info, Kind
+from ..snapshots.capabilities import PoolBacked
+from . import archive, interop, tarsafe
+from . import repair as repair_mod
 from .busybox import build_busybox_rootfs
-from .reference import normalize
+from .layout import (BUILD_PREFIX, ID_RE, L_BUILD, L_COMMENT, L_CREATED_BY, L_IMAGE, L_PARENT, L_TAG, L_VIEW,
+                     SNAPSHOT_PREFIX, TMP_DIR, UNMEASURED, VIEW_PREFIX)
+from .lineage import df_rows, render_tree
+from .records import (CheckReport, DfRow, HistoryEntry, ImageConfig, ImageInfo, PruneReport, Removal,
+                      Requirements, RmiReport, TreeNode)
+from .reference import NAME_RULE, TAG_RULE, normalize
+from .safeio import atomic_output, confined
 from .sources import content_size, debian_tarball
 from .sync import sync_tree
 
-__all__ = ["ImageStore", "SNAPSHOT_PREFIX"]
+__all__ = ["ImageStore", "SNAPSHOT_PREFIX", "ID_RULE"]
 
-SNAPSHOT_PREFIX = "img-"
+ID_RULE = "an image id is 64 lowercase hex digits (a prefix of 1 or more will do, 'sha256:' allowed)"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
   id TEXT PRIMARY KEY, snapshot TEXT UNIQUE NOT NULL, parent TEXT REFERENCES images(id),
   created REAL NOT NULL, created_by TEXT NOT NULL DEFAULT '', comment TEXT NOT NULL DEFAULT '',
-  size INTEGER NOT NULL DEFAULT 0, removal_pending INTEGER NOT NULL DEFAULT 0);
+  size INTEGER NOT NULL DEFAULT 0, removal_pending INTEGER NOT NULL DEFAULT 0,
+  config TEXT NOT NULL DEFAULT '{}');
 CREATE TABLE IF NOT EXISTS tags (ref TEXT PRIMARY KEY, image TEXT NOT NULL REFERENCES images(id));
 CREATE INDEX IF NOT EXISTS images_parent ON images(parent);
 CREATE INDEX IF NOT EXISTS tags_image ON tags(image);
 """
+_COLS = ("id", "snapshot", "parent", "created", "created_by", "comment", "size", "removal_pending", "config")
 
 
 def _new_id() -> str:
@@ -58,15 +69,19 @@ class ImageStore:
     """Images over committed snapshots of ``snapshotter``, with metadata at ``<root>/images.db``.
 
     >>> store = ImageStore("/tmp/imgs", sn)       # doctest: +SKIP
-    >>> store.images()[["id", "tags"]]            # doctest: +SKIP
+    >>> [i.tags for i in store.images()]          # doctest: +SKIP
+    [('busybox:latest',)]
     """
 
     def __init__(self, root: str | os.PathLike[str], snapshotter: BaseSnapshotter) -> None:
-        self.root = os.path.abspath(root)
+        os.makedirs(root, exist_ok=True)
+        self.root = os.path.realpath(root)      # resolved once: every path below is checked against it
         self.sn = snapshotter
-        os.makedirs(self.root, exist_ok=True)
         self._lock = threading.RLock()
         self._db: sqlite3.Connection | None = connect(os.path.join(self.root, "images.db"), _SCHEMA)
+        cols = {r[1] for r in self._db.execute("PRAGMA table_info(images)")}
+        if "config" not in cols:      # a store made before images kept their config
+            self._db.execute("ALTER TABLE images ADD COLUMN config TEXT NOT NULL DEFAULT '{}'")
 
     # ---- plumbing -----------------------------------------------------------------------------------
     @property
@@ -92,36 +107,61 @@ class ImageStore:
         self.close()
 
     def _row(self, image_id: str) -> dict[str, Any]:
-        r = self.db.execute("SELECT id,snapshot,parent,created,created_by,comment,size,removal_pending "
-                            "FROM images WHERE id=?", (image_id,)).fetchone()
+        r = self.db.execute(f"SELECT {','.join(_COLS)} FROM images WHERE id=?", (image_id,)).fetchone()
         if r is None:
             raise errors.NotFound(f"image {image_id[:12]}", fix="list images with images()")
-        keys = ("id", "snapshot", "parent", "created", "created_by", "comment", "size", "removal_pending")
-        return dict(zip(keys, r))
+        return dict(zip(_COLS, r))
 
-    def _tags(self, image_id: str) -> list[str]:
-        return [r[0] for r in self.db.execute("SELECT ref FROM tags WHERE image=? ORDER BY ref", (image_id,))]
+    def _tags(self, image_id: str) -> tuple[str, ...]:
+        return tuple(r[0] for r in self.db.execute("SELECT ref FROM tags WHERE image=? ORDER BY ref", (image_id,)))
+
+    def _config(self, image_id: str | None) -> ImageConfig:
+        if image_id is None:
+            return ImageConfig()
+        try:
+            return ImageConfig.from_json(json.loads(self._row(image_id)["config"]))
+        except ValueError:
+            return ImageConfig()
+
+    def _scratch(self, prefix: str) -> str:
+        """A new private directory under ``<root>/tmp`` (checked to be inside the store)."""
+        tmp = confined(os.path.join(self.root, TMP_DIR), self.root)
+        os.makedirs(tmp, mode=0o700, exist_ok=True)
+        return confined(tempfile.mkdtemp(prefix=prefix, dir=tmp), self.root)
+
+    def _drop_scratch(self, path: str) -> None:
+        os.rmdir(confined(path, self.root))
 
     def resolve(self, ref: str) -> str:
         """The full image id for a tag, a full id or a unique id prefix (``sha256:`` allowed).
 
+        Anything that is neither a valid ``name[:tag]`` nor hex digits is ``InvalidArgument`` naming the
+        rules; a valid one that matches nothing is ``NotFound``.
+
         >>> store.resolve("busybox")            # doctest: +SKIP
         '3f1c...'
         """
+        if not isinstance(ref, str) or not ref:
+            raise errors.InvalidArgument(f"image reference {ref!r}", "is empty", fix="give a tag or an image id")
+        try:
+            name: str | None = normalize(ref)
+        except errors.InvalidArgument:
+            name = None
+        pre = ref[7:] if ref.startswith("sha256:") else ref
+        is_id = bool(ID_RE.match(pre))
+        if name is None and not is_id:
+            raise errors.InvalidArgument(f"image reference {ref!r}", "is neither a name[:tag] nor an image id",
+                                         fix=f"{NAME_RULE}; {TAG_RULE}; {ID_RULE}")
         with self._lock:
-            r = None
-            try:
-                r = self.db.execute("SELECT image FROM tags WHERE ref=?", (normalize(ref),)).fetchone()
-            except errors.InvalidArgument:
-                pass
-            if r:
-                return r[0]
-            pre = ref[7:] if ref.startswith("sha256:") else ref
-            if pre and all(c in "0123456789abcdef" for c in pre):
+            if name is not None:
+                r = self.db.execute("SELECT image FROM tags WHERE ref=?", (name,)).fetchone()
+                if r:
+                    return str(r[0])
+            if is_id:
                 hits = [x[0] for x in self.db.execute(
                     "SELECT id FROM images WHERE id >= ? AND id < ? ORDER BY id", (pre, pre + "g"))]
                 if len(hits) == 1:
-                    return hits[0]
+                    return str(hits[0])
                 if len(hits) > 1:
                     raise errors.InvalidArgument(f"image id prefix {ref!r}", f"is ambiguous ({len(hits)} images)",
                                                  fix="give more digits or a tag")
@@ -131,7 +171,7 @@ class ImageStore:
         """children image ids per image id, and container (active/view) snapshots per image id."""
         snap_to_id = {s: i for i, s in self.db.execute("SELECT id, snapshot FROM images")}
         kids: dict[str, list[str]] = {i: [] for i in snap_to_id.values()}
-        for i, p in self.db.execute("SELECT id, parent FROM images WHERE parent IS NOT NULL"):
+        for i, p in self.db.execute("SELECT id, parent FROM images WHERE parent IS NOT NULL ORDER BY created, id"):
             kids.setdefault(p, []).append(i)
         conts: dict[str, list[Info]] = {i: [] for i in snap_to_id.values()}
         for info in self.sn.walk("kind==active", "kind==view"):
@@ -139,41 +179,81 @@ class ImageStore:
                 conts[snap_to_id[info.parent]].append(info)
         return kids, conts
 
+    @staticmethod
+    def _container_name(info: Info) -> str:
+        return info.labels.get("labkit.container", info.name)
+
+    def _pool_budget(self) -> int | None:
+        """Bytes a thin pool can still take (it may promise its devices more than it has), or None."""
+        if not isinstance(self.sn, PoolBacked):
+            return None
+        space = self.sn.store_space()
+        if space.capacity_bytes is None:
+            return None
+        free = space.capacity_bytes - space.used_bytes
+        margin = min(tarsafe.MARGIN_MAX, max(tarsafe.MARGIN_MIN, space.capacity_bytes // tarsafe.MARGIN_FRACTION))
+        return max(0, free - margin)
+
+    def _limits(self, limits: dict[str, Any]) -> dict[str, Any]:
+        budget = self._pool_budget()
+        if budget is not None:
+            for k in ("max_total_size", "max_member_size"):
+                limits[k] = min(limits[k], budget) if limits.get(k) is not None else budget
+        return limits
+
     # ---- making images -------------------------------------------------------------------------------
     def _build(self, fill: Callable[[str], Any], *, parent: str | None, tag: str | None, created_by: str,
-               comment: str = "") -> str:
-        """prepare -> mount -> fill -> unmount -> commit -> register, all or nothing."""
+               comment: str = "", config: ImageConfig | None = None) -> str:
+        """prepare -> mount -> fill -> measure -> unmount -> commit -> register, all or nothing.
+
+        The source (an archive, a directory, a live container) is untouched, so a failure at any step
+        throws the new snapshot away: the store is left as it was.
+        """
         ref = normalize(tag) if tag else None
         parent_id = self.resolve(parent) if parent else None
         parent_snap = self._row(parent_id)["snapshot"] if parent_id else None
+        cfg = config if config is not None else self._config(parent_id)
         image_id = _new_id()
-        key = f"imgbuild-{image_id[:12]}"
+        key = f"{BUILD_PREFIX}{image_id[:12]}"
         snap = SNAPSHOT_PREFIX + image_id
-        mnt_dir = tempfile.mkdtemp(prefix=f"mnt-{image_id[:12]}-", dir=self.root)
+        mnt_dir = self._scratch(f"build-{image_id[:12]}-")
         committed = False
         try:
-            mnt = self.sn.prepare(key, parent_snap, labels={"labkit.image.build": image_id})
+            mnt = self.sn.prepare(key, parent_snap, labels={L_BUILD: image_id})
             try:
-                with mnt.mount(mnt_dir) as target:
+                with mnt.mount(confined(mnt_dir, self.root)) as target:
                     fill(target)
                     size = content_size(target)
-                self.sn.commit(snap, key, labels={"labkit.image": image_id})
+                self.sn.commit(snap, key, labels=self._journal(image_id, parent_id, ref, created_by, comment))
                 committed = True
-                self._register(image_id, snap, parent_id, ref, created_by, comment, size)
+                self._register(image_id, snap, parent_id, ref, created_by, comment, size, cfg)
             except BaseException:
                 self.sn.remove(snap if committed else key)
                 raise
         finally:
-            os.rmdir(mnt_dir)
+            self._drop_scratch(mnt_dir)
         return image_id
 
+    @staticmethod
+    def _journal(image_id: str, parent_id: str | None, ref: str | None, created_by: str,
+                 comment: str) -> dict[str, str]:
+        """Labels that let ``check(repair=True)`` re-register a committed snapshot whose row is missing."""
+        return {L_IMAGE: image_id, L_PARENT: parent_id or "", L_TAG: ref or "",
+                L_CREATED_BY: created_by[:4096], L_COMMENT: comment[:4096]}
+
     def _register(self, image_id: str, snap: str, parent_id: str | None, ref: str | None, created_by: str,
-                  comment: str, size: int) -> None:
+                  comment: str, size: int | None, config: ImageConfig, created: float | None = None) -> None:
         with self._tx() as db:
-            db.execute("INSERT INTO images(id,snapshot,parent,created,created_by,comment,size) VALUES (?,?,?,?,?,?,?)",
-                       (image_id, snap, parent_id, time.time(), created_by, comment, size))
+            db.execute("INSERT INTO images(id,snapshot,parent,created,created_by,comment,size,config) "
+                       "VALUES (?,?,?,?,?,?,?,?)",
+                       (image_id, snap, parent_id, created or time.time(), created_by, comment,
+                        UNMEASURED if size is None else size, json.dumps(config.to_json())))
             if ref:   # a tag moves to the newest image, as in docker; the old one may become dangling
                 db.execute("INSERT OR REPLACE INTO tags(ref,image) VALUES (?,?)", (ref, image_id))
+
+    def _set_size(self, image_id: str, size: int) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE images SET size=? WHERE id=?", (size, image_id))
 
     def import_busybox(self, *, tag: str | None = "busybox:latest") -> str:
         """A base image from the host's busybox-static; returns its id.
@@ -190,86 +270,84 @@ class ImageStore:
         """
         src = os.path.abspath(path)
         if not os.path.isdir(src):
-            raise errors.NotFound(f"directory {src}", fix="give an existing directory")
+            raise errors.NotFound(f"directory {src!r}", fix="give an existing directory")
         return self._build(lambda t: copy_tree(src, t, reflink="auto"), parent=parent, tag=tag,
                            created_by=f"labkit import dir {src}", comment=comment)
 
-    def import_tar(self, archive: str | os.PathLike[str], *, tag: str | None = None, parent: str | None = None,
-                   comment: str = "", created_by: str | None = None, **limits: Any) -> str:
-        """A new image from a rootfs tar (plain, gz, bz2, xz, zst), extracted as hostile input.
+    def import_tar(self, source: str | os.PathLike[str] | BinaryIO, *, tag: str | None = None,
+                   parent: str | None = None, comment: str = "", created_by: str | None = None,
+                   config: ImageConfig | None = None, name: str | None = None, **limits: Any) -> str:
+        """A new image from a rootfs tar (plain, gz, bz2, xz, zst; recognised by content), extracted as
+        hostile input. ``source`` is a path or a binary reader (then ``name`` names it in errors).
 
         With ``parent`` the archive is applied as a layer on top of it, honouring ``.wh.`` whiteouts.
         ``limits`` go to :func:`labkit.images.tarsafe.extract` (``allow_devices``, ``keep_setuid``,
-        ``max_member_size``, ``max_total_size``, ``max_members``).
+        ``keep_privileged_xattrs``, ``max_member_size``, ``max_total_size``, ``max_members``, ``whiteouts``);
+        unset size limits derive from the free space where the image is written (and, for a thin pool, the
+        pool's free space). A malformed archive is one ``InvalidArgument`` naming it.
 
         >>> store.import_tar("rootfs.tar.xz", tag="alpine")    # doctest: +SKIP
         """
-        path = os.fspath(archive)
-        if not os.path.isfile(path):
-            raise errors.NotFound(f"archive {path}", fix="give an existing tar file")
+        if isinstance(source, (str, os.PathLike)):
+            path = os.fspath(source)
+            archive.check_file(path)          # before a snapshot is made
+            label = name or archive.describe(path)
+            what = os.path.basename(path)
+        else:
+            label = name or archive.describe(source)
+            what = label
         limits.setdefault("whiteouts", parent is not None)
-        return self._build(lambda t: tarsafe.extract(path, t, **limits), parent=parent, tag=tag,
-                           created_by=created_by or f"labkit import tar {os.path.basename(path)}", comment=comment)
+        limits = self._limits(limits)
+        return self._build(lambda t: tarsafe.extract(source, t, name=label, **limits), parent=parent, tag=tag,
+                           created_by=created_by or f"labkit import tar {what}", comment=comment, config=config)
+
+    def import_auto(self, path: str | os.PathLike[str], *, tag: str | None = None, ref: str | None = None,
+                    **limits: Any) -> str:
+        """Import whatever ``path`` holds, recognised by content; returns the id of the (top) image.
+
+        A rootfs tar (any compression) or a rootfs directory gives one image; a ``docker save`` /
+        ``podman save`` archive or an OCI image layout (a directory or an ``oci-archive`` tar) gives a
+        chain of images, one per layer (whiteouts honoured; ``history(id)`` walks it), whose top keeps the
+        image config (Env, Cmd, Entrypoint, WorkingDir, User, Labels) and gets ``tag`` or the archive's
+        own name. An archive holding several images is narrowed with ``ref`` (a RepoTag or image name, a
+        ref name annotation, or a manifest/config digest prefix); without it, the one-line error lists
+        them. See :mod:`labkit.images.interop`.
+
+        >>> store.import_auto("alpine-oci.tar", tag="alpine")     # doctest: +SKIP
+        """
+        return interop.import_auto(self, path, tag=tag, ref=ref, **limits)[-1]
 
     def import_docker_save(self, archive: str | os.PathLike[str], *, tag: str | None = None,
-                           **limits: Any) -> list[str]:
-        """Import the first image of a ``docker save`` archive as a chain of images, one per layer.
-
-        Each layer tar is read straight out of the archive (nothing of the outer tar is extracted) and
-        applied on the previous one with whiteouts. The top image gets ``tag`` or the archive's first
-        RepoTag. Returns the ids, base first; a failing layer leaves the layers before it as untagged
-        images (``prune()`` removes them).
+                           ref: str | None = None, **limits: Any) -> list[str]:
+        """Import one image of a ``docker save`` archive as a chain of images, one per layer; returns the
+        ids, base first (all or nothing). See :meth:`import_auto`.
 
         >>> store.import_docker_save("alpine.tar")     # doctest: +SKIP
         """
-        import json
-        path = os.fspath(archive)
-        with tarfile.open(path, "r:*") as outer:
-            try:
-                mf = outer.getmember("manifest.json")
-            except KeyError:
-                raise errors.InvalidArgument(f"archive {path}", "has no manifest.json",
-                                             fix="give the output of `docker save`") from None
-            if not mf.isreg() or mf.size > 16 << 20:
-                raise errors.InvalidArgument(f"archive member 'manifest.json' of {path}", "is not a small file")
-            manifest = json.load(outer.extractfile(mf))
-            if not isinstance(manifest, list) or not manifest or not isinstance(manifest[0].get("Layers"), list):
-                raise errors.InvalidArgument(f"manifest.json of {path}", "has no Layers list")
-            entry = manifest[0]
-            ref = tag or (entry.get("RepoTags") or [None])[0]
-            ids: list[str] = []
-            for n, layer in enumerate(entry["Layers"]):
-                try:
-                    member = outer.getmember(layer)
-                except KeyError:
-                    raise errors.InvalidArgument(f"layer {layer!r} of {path}", "is not in the archive") from None
-                if not member.isreg():
-                    raise errors.InvalidArgument(f"layer {layer!r} of {path}", "is not a regular member")
-                last = n == len(entry["Layers"]) - 1
-                data = outer.extractfile(member)
-                ids.append(self._build(
-                    lambda t, d=data: tarsafe.extract(d, t, whiteouts=True, **limits),
-                    parent=ids[-1] if ids else None, tag=ref if last else None,
-                    created_by=f"labkit import docker-save {os.path.basename(path)} layer {n + 1}/{len(entry['Layers'])}"))
-        return ids
+        return interop.import_docker_archive(self, archive, tag=tag, ref=ref, **limits)
 
     def import_debian(self, *, tag: str | None = "debian:bookworm", suite: str = "bookworm") -> str:
         """Debian minbase from the host's apt mirror via mmdebstrap, cached under ``<root>/cache``.
 
         >>> store.import_debian()       # doctest: +SKIP
         """
-        tar = debian_tarball(os.path.join(self.root, "cache"), suite=suite)
-        # built by us from a signed mirror: keep its setuid binaries (su, passwd) and device nodes out
-        return self.import_tar(tar, tag=tag, keep_setuid=True,
+        cache = confined(os.path.join(self.root, "cache"), self.root)
+        tar = debian_tarball(cache, suite=suite)
+        # built by us from a signed mirror: keep its setuid binaries (su, passwd) and file capabilities
+        return self.import_tar(tar, tag=tag, keep_setuid=True, keep_privileged_xattrs=True,
                                created_by=f"mmdebstrap --variant=minbase {suite}")
 
     def commit(self, active_key: str, tag: str | None = None, *, created_by: str = "", comment: str = "") -> str:
         """Turn a container's active snapshot into a new image whose parent is the container's image.
 
         A stopped container (its snapshot not mounted) is committed in place: the key is consumed, as in
-        the snapshot contract. A container still mounted (running, best frozen) keeps its snapshot: a fresh
-        snapshot of its image receives only what differs (:func:`labkit.images.sync.sync_tree`), so
-        unchanged files stay shared on copy-on-write backends.
+        the snapshot contract. From that moment the container's data lives only in the new snapshot, so
+        it is never removed: the image is registered at once (the snapshot's labels carry the same
+        facts, so that ``check(repair=True)`` can register it if the process dies first) and its size is
+        measured afterwards, best effort (``size`` None until measured). A container still mounted
+        (running, best frozen) keeps its snapshot: a fresh snapshot of its image receives only what
+        differs (:func:`labkit.images.sync.sync_tree`), so unchanged files stay shared on copy-on-write
+        backends. The new image inherits its parent's config.
 
         >>> store.commit("c1", "app:v2", created_by="sh -c 'echo hi > /hello'")   # doctest: +SKIP
         """
@@ -289,16 +367,26 @@ class ImageStore:
             live = where[-1]
             return self._build(lambda target: sync_tree(live, target), parent=parent_id, tag=ref,
                                created_by=created_by, comment=comment)
+        config = self._config(parent_id)
         image_id = _new_id()
         snap = SNAPSHOT_PREFIX + image_id
-        self.sn.commit(snap, active_key, labels={"labkit.image": image_id})
+        self.sn.commit(snap, active_key, labels=self._journal(image_id, parent_id, ref, created_by, comment))
+        # the point of no return: the container's data is in `snap` now; keep it whatever happens next
         try:
-            size = self._measure(snap)
-            self._register(image_id, snap, parent_id, ref, created_by, comment, size)
-        except BaseException:
-            self.sn.remove(snap)
-            raise
+            self._register(image_id, snap, parent_id, ref, created_by, comment, None, config)
+        except Exception as e:
+            raise errors.FailedPrecondition(
+                f"container snapshot {active_key!r}",
+                f"was committed as snapshot {snap} but registering image {image_id[:12]} failed "
+                f"({' '.join(str(e).split())})", fix="run check(repair=True) to register it") from e
+        self._measure_best_effort(image_id, snap)
         return image_id
+
+    def _measure_best_effort(self, image_id: str, snap: str) -> None:
+        try:
+            self._set_size(image_id, self._measure(snap))
+        except Exception:    # the image exists; check() reports the missing size and repair measures it
+            pass
 
     def _measure(self, snap: str) -> int:
         return self._with_view(snap, content_size)
@@ -309,17 +397,17 @@ class ImageStore:
 
     @contextmanager
     def _view(self, snap: str) -> Iterator[str]:
-        key = f"imgview-{os.urandom(6).hex()}"
-        mnt_dir = tempfile.mkdtemp(prefix="view-", dir=self.root)
+        key = f"{VIEW_PREFIX}{os.urandom(6).hex()}"
+        mnt_dir = self._scratch("view-")
         try:
-            mnt = self.sn.view(key, snap, labels={"labkit.image.view": snap})
+            mnt = self.sn.view(key, snap, labels={L_VIEW: snap})
             try:
-                with mnt.mount(mnt_dir) as target:
+                with mnt.mount(confined(mnt_dir, self.root)) as target:
                     yield target
             finally:
                 self.sn.remove(key)
         finally:
-            os.rmdir(mnt_dir)
+            self._drop_scratch(mnt_dir)
 
     @contextmanager
     def mounted(self, ref: str) -> Iterator[str]:
@@ -335,23 +423,21 @@ class ImageStore:
         """Write the image's root filesystem as a PAX tar (numeric owners) through a read-only view;
         returns the bytes written.
 
+        The tar is written to a temporary file (``mkstemp``, mode 0600) in the destination's directory
+        and renamed over ``tarpath`` at the end: a symlink at ``tarpath`` is replaced, never followed,
+        and a failure leaves no partial file.
+
         >>> store.export("busybox", "/tmp/bb.tar")     # doctest: +SKIP
         """
         row = self._row(self.resolve(ref))
-        out = os.fspath(tarpath)
-        tmp = out + ".part"
+        out = os.path.abspath(os.fspath(tarpath))
 
         def write(target: str) -> None:
-            with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tf:
+            with atomic_output(out) as f, tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tf:
                 for name in sorted(os.listdir(target)):
                     tf.add(os.path.join(target, name), arcname=name, recursive=True)
-        try:
-            self._with_view(row["snapshot"], write)
-            os.rename(tmp, out)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return os.path.getsize(out)
+        self._with_view(row["snapshot"], write)
+        return os.lstat(out).st_size
 
     # ---- tags ---------------------------------------------------------------------------------------
     def tag(self, ref: str, new: str) -> str:
@@ -378,13 +464,14 @@ class ImageStore:
             if r is None:
                 raise errors.NotFound(f"tag {ref!r}", fix="list tags with images()")
             db.execute("DELETE FROM tags WHERE ref=?", (ref,))
-        return r[0]
+        return str(r[0])
 
     # ---- removing -----------------------------------------------------------------------------------
-    def _delete(self, image_id: str) -> int:
-        """Remove an unused image: row and snapshot together; returns bytes freed (its exclusive usage)."""
+    def _delete(self, image_id: str) -> Removal:
+        """Remove an unused image: row and snapshot together; returns what it freed (its exclusive usage)."""
         with self._tx() as db:
             row = self._row(image_id)
+            tags = self._tags(image_id)
             try:
                 freed = self.sn.usage(row["snapshot"]).size
             except errors.NotFound:
@@ -395,9 +482,9 @@ class ImageStore:
                 self.sn.remove(row["snapshot"])   # a failure rolls the rows back
             except errors.NotFound:
                 pass
-        return freed
+        return Removal(id=image_id, short_id=image_id[:12], tags=tags, freed=freed)
 
-    def rmi(self, ref: str, *, force: bool = False) -> dict[str, Any]:
+    def rmi(self, ref: str, *, force: bool = False) -> RmiReport:
         """Remove an image (or, given one of several tags, just that tag).
 
         Refused while a container or a child image uses it. ``force=True`` cannot remove a snapshot that
@@ -405,7 +492,7 @@ class ImageStore:
         still holds it (``kept_by``); ``prune()`` deletes it once its containers and children are gone.
 
         >>> store.rmi("app:v1")     # doctest: +SKIP
-        {'untagged': ['app:v1'], 'deleted': [...], 'freed': 4096, 'kept_by': []}
+        RmiReport(ref='app:v1', id='...', untagged=('app:v1',), removals=(Removal(...),), kept_by=())
         """
         with self._lock:
             image_id = self.resolve(ref)
@@ -416,11 +503,11 @@ class ImageStore:
                 named = None
             if named in tags and len(tags) > 1 and not force:
                 self.untag(named)
-                return {"untagged": [named], "deleted": [], "freed": 0, "kept_by": []}
+                return RmiReport(ref=ref, id=image_id, untagged=(named,), removals=(), kept_by=())
             kids, conts = self._users()
-            users = ([f"image {k[:12]}" for k in kids.get(image_id, [])]
-                     + [f"container {c.labels.get('labkit.container', c.name)} ({c.kind.value} snapshot {c.name})"
-                        for c in conts.get(image_id, [])])
+            users = tuple([f"image {k[:12]}" for k in kids.get(image_id, [])]
+                          + [f"container {self._container_name(c)} ({c.kind.value} snapshot {c.name})"
+                             for c in conts.get(image_id, [])])
             if users and not force:
                 raise errors.FailedPrecondition(
                     f"image {ref!r} ({image_id[:12]})", f"is used by {', '.join(users)}",
@@ -430,113 +517,114 @@ class ImageStore:
                 if users:
                     db.execute("UPDATE images SET removal_pending=1 WHERE id=?", (image_id,))
             if users:
-                return {"untagged": tags, "deleted": [], "freed": 0, "kept_by": users}
-            return {"untagged": tags, "deleted": [image_id], "freed": self._delete(image_id), "kept_by": []}
+                return RmiReport(ref=ref, id=image_id, untagged=tags, removals=(), kept_by=users)
+            return RmiReport(ref=ref, id=image_id, untagged=tags, removals=(self._delete(image_id),), kept_by=())
 
-    def prune(self, *, dangling_only: bool = True, all: bool = False) -> dict[str, Any]:
-        """Delete unneeded images; returns ids deleted and bytes freed.
+    def prune(self, *, dangling_only: bool = True, all: bool = False, dry_run: bool = False) -> PruneReport:
+        """Delete unneeded images; one :class:`Removal` (id, tags, bytes freed) per image deleted.
 
         Dangling: untagged, no child image, no container — repeated, so an untagged chain goes up to the
         first image that is tagged or that a container or a tagged descendant needs.
         ``all=True`` (or ``dangling_only=False``) is ``docker image prune -a``: tagged or not, every image
-        that no container needs (directly or through a descendant) is deleted.
+        that no container needs (directly or through a descendant) is deleted. ``dry_run`` deletes
+        nothing and says what would go (``freed`` is each layer's usage now).
 
-        >>> store.prune()["freed"]    # doctest: +SKIP
+        >>> store.prune().freed    # doctest: +SKIP
         0
         """
         everything = all or not dangling_only
-        deleted: list[str] = []
-        freed = 0
+        removals: list[Removal] = []
+        gone: set[str] = set()
         with self._lock:
             while True:
                 kids, conts = self._users()
-                ids = [r[0] for r in self.db.execute("SELECT id FROM images ORDER BY created DESC")]
+                ids = [r[0] for r in self.db.execute("SELECT id FROM images ORDER BY created DESC, id")]
                 tagged = {r[0] for r in self.db.execute("SELECT DISTINCT image FROM tags")}
-                victims = [i for i in ids if not kids.get(i) and not conts.get(i)
-                           and (everything or i not in tagged)]
+                victims = [i for i in ids if i not in gone and not [k for k in kids.get(i, []) if k not in gone]
+                           and not conts.get(i) and (everything or i not in tagged)]
                 if not victims:
                     break
                 for i in victims:
-                    freed += self._delete(i)
-                    deleted.append(i)
-        return {"deleted": deleted, "freed": freed}
+                    if dry_run:
+                        gone.add(i)
+                        removals.append(Removal(id=i, short_id=i[:12], tags=self._tags(i),
+                                                freed=self._usage(self._row(i)["snapshot"])))
+                    else:
+                        removals.append(self._delete(i))
+        return PruneReport(removals=tuple(removals), dry_run=dry_run)
 
-    def check(self, *, repair: bool = False) -> list[str]:
-        """What a crash left inconsistent between images.db and the snapshotter; ``repair`` fixes it.
+    # ---- after a crash ------------------------------------------------------------------------------
+    def check(self, *, repair: bool = False) -> CheckReport:
+        """What a crash left inconsistent between images.db, the snapshotter and the store's directories;
+        ``repair=True`` fixes what it can. Run it while nothing else uses the store.
 
-        Finds build (``imgbuild-*``) and view (``imgview-*``) snapshots nobody finished, committed
-        ``img-*`` snapshots without an image row, and rows whose snapshot is gone. Repair removes the
-        snapshots (mounted ones are left for ``labkit gc`` to unmount first) and the orphan rows.
-        Mounts left under the store root are ``labkit gc``'s job.
+        Found, and the repair:
+
+        * build (``imgbuild-*``) and view (``imgview-*``) snapshots nobody finished: removed (a mounted
+          one is left for ``labkit gc`` to unmount first);
+        * a committed ``img-<id>`` snapshot without an image row (a crash between commit and register): it
+          may hold a container's only copy, so it is **registered** (untagged unless its labels name a
+          tag that is free; ``prune()`` deletes it if nobody wants it), never deleted;
+        * a row whose snapshot is gone: the row and its tags are removed (children lose their parent);
+        * an image whose size was never measured: measured;
+        * directories the store made for mounts and scratch (``<root>/tmp/*``, old ``mnt-*``,
+          ``view-*``, ``rootfs-*``, unfinished downloads in ``cache/``): removed unless something is
+          mounted in them.
+
+        Each problem has its repair at the same index: done, ``would ...`` (without ``repair``),
+        ``not repaired (...): why``, or ``none: ...`` when labkit will not touch it.
 
         >>> store.check()         # doctest: +SKIP
-        []
+        CheckReport(problems=(), repairs=())
         """
-        problems: list[str] = []
-        with self._lock:
-            rows = {r[1]: r[0] for r in self.db.execute("SELECT id, snapshot FROM images")}
-            infos = {i.name: i for i in self.sn.walk()}
-            stale = [i for i in infos.values() if i.kind is not Kind.COMMITTED
-                     and ("labkit.image.build" in i.labels or "labkit.image.view" in i.labels)]
-            orphans = [i for i in infos.values() if i.kind is Kind.COMMITTED
-                       and i.name.startswith(SNAPSHOT_PREFIX) and i.name not in rows]
-            for i in stale:
-                problems.append(f"unfinished {i.kind.value} snapshot {i.name}")
-            for i in orphans:
-                problems.append(f"snapshot {i.name} has no image row")
-            missing = [img for snap, img in rows.items() if snap not in infos]
-            for img in missing:
-                problems.append(f"image {img[:12]} has no snapshot")
-            if repair:
-                for i in stale + orphans:
-                    try:
-                        self.sn.remove(i.name)
-                    except errors.FailedPrecondition as e:
-                        problems.append(f"not repaired: {e}")
-                with self._tx() as db:
-                    for img in missing:
-                        db.execute("UPDATE images SET parent=NULL WHERE parent=?", (img,))
-                        db.execute("DELETE FROM tags WHERE image=?", (img,))
-                        db.execute("DELETE FROM images WHERE id=?", (img,))
-        return problems
+        return repair_mod.check(self, repair=repair)
 
     # ---- looking ------------------------------------------------------------------------------------
     def _all_rows(self) -> list[dict[str, Any]]:
         return [self._row(r[0]) for r in self.db.execute("SELECT id FROM images ORDER BY created, id")]
 
-    def images(self) -> pd.DataFrame:
-        """One row per image: id (short), tags, parent (short), created, created_by, size, exclusive.
+    def _usage(self, snap: str) -> int:
+        try:
+            return self.sn.usage(snap).size
+        except errors.NotFound:      # a row whose snapshot is gone: check() reports it
+            return 0
 
-        >>> store.images().columns.tolist()      # doctest: +SKIP
-        ['id', 'tags', 'parent', 'created', 'created_by', 'size', 'exclusive']
+    def _info(self, row: dict[str, Any], kids: dict[str, list[str]], conts: dict[str, list[Info]]) -> ImageInfo:
+        cfg = ImageConfig.from_json(_loads(row["config"]))
+        return ImageInfo(
+            id=row["id"], short_id=row["id"][:12], tags=self._tags(row["id"]), parent=row["parent"],
+            created=row["created"], created_by=row["created_by"], comment=row["comment"],
+            size=None if row["size"] < 0 else row["size"], exclusive=self._usage(row["snapshot"]),
+            snapshot=row["snapshot"], backend=self.sn.name, children=tuple(kids.get(row["id"], [])),
+            containers=tuple(self._container_name(c) for c in conts.get(row["id"], [])),
+            removal_pending=bool(row["removal_pending"]), env=cfg.env, cmd=cfg.cmd, entrypoint=cfg.entrypoint,
+            workdir=cfg.workdir, user=cfg.user, labels=cfg.labels)
+
+    def images(self) -> list[ImageInfo]:
+        """Every image, oldest first.
+
+        >>> [(i.short_id, i.tags) for i in store.images()]      # doctest: +SKIP
+        [('3f1c2b...', ('busybox:latest',))]
         """
         with self._lock:
-            rows = [{"id": r["id"][:12], "tags": self._tags(r["id"]), "parent": (r["parent"] or "")[:12],
-                     "created": pd.Timestamp(r["created"], unit="s", tz="UTC"), "created_by": r["created_by"],
-                     "size": r["size"], "exclusive": self.sn.usage(r["snapshot"]).size}
-                    for r in self._all_rows()]
-        return pd.DataFrame(rows, columns=["id", "tags", "parent", "created", "created_by", "size", "exclusive"])
+            kids, conts = self._users()
+            return [self._info(r, kids, conts) for r in self._all_rows()]
 
-    def inspect(self, ref: str) -> dict[str, Any]:
-        """Everything known about one image, as plain data.
+    def inspect(self, ref: str) -> ImageInfo:
+        """Everything known about one image.
 
-        >>> store.inspect("busybox")["tags"]     # doctest: +SKIP
-        ['busybox:latest']
+        >>> store.inspect("busybox").tags     # doctest: +SKIP
+        ('busybox:latest',)
         """
         with self._lock:
             row = self._row(self.resolve(ref))
             kids, conts = self._users()
-            info = self.sn.stat(row["snapshot"])
-            return {**row, "short_id": row["id"][:12], "tags": self._tags(row["id"]),
-                    "exclusive": self.sn.usage(row["snapshot"]).size, "backend": self.sn.name,
-                    "children": kids.get(row["id"], []),
-                    "containers": [c.name for c in conts.get(row["id"], [])],
-                    "snapshot_labels": info.labels, "removal_pending": bool(row["removal_pending"])}
+            return self._info(row, kids, conts)
 
-    def history(self, ref: str) -> list[dict[str, Any]]:
+    def history(self, ref: str) -> list[HistoryEntry]:
         """The chain from this image back to its base, newest first, with created_by and sizes.
 
-        >>> [h["created_by"] for h in store.history("app")]    # doctest: +SKIP
+        >>> [h.created_by for h in store.history("app")]    # doctest: +SKIP
         ['sh -c make', 'labkit import busybox']
         """
         with self._lock:
@@ -544,48 +632,37 @@ class ImageStore:
             image_id: str | None = self.resolve(ref)
             while image_id:
                 r = self._row(image_id)
-                out.append({"id": r["id"][:12], "created": r["created"], "created_by": r["created_by"],
-                            "comment": r["comment"], "size": r["size"],
-                            "exclusive": self.sn.usage(r["snapshot"]).size, "tags": self._tags(r["id"])})
+                out.append(HistoryEntry(id=r["id"], short_id=r["id"][:12], tags=self._tags(r["id"]),
+                                        parent=r["parent"], created=r["created"], created_by=r["created_by"],
+                                        comment=r["comment"], size=None if r["size"] < 0 else r["size"],
+                                        exclusive=self._usage(r["snapshot"])))
                 image_id = r["parent"]
             return out
 
-    def tree(self) -> tuple[str, list[dict[str, Any]]]:
-        """Lineage of every image as text and as nested data (``children``), containers as leaves.
+    def tree(self) -> tuple[str, list[TreeNode]]:
+        """Lineage of every image as text and as :class:`TreeNode` roots, containers as leaves.
 
-        >>> text, data = store.tree()      # doctest: +SKIP
+        >>> text, roots = store.tree()      # doctest: +SKIP
         """
         with self._lock:
             rows = self._all_rows()
             kids, conts = self._users()
             by_id = {r["id"]: r for r in rows}
 
-            def node(i: str) -> dict[str, Any]:
+            def node(i: str) -> TreeNode:
                 r = by_id[i]
-                return {"id": i[:12], "tags": self._tags(i), "size": r["size"],
-                        "exclusive": self.sn.usage(r["snapshot"]).size, "created_by": r["created_by"],
-                        "containers": [c.labels.get("labkit.container", c.name) for c in conts.get(i, [])],
-                        "children": [node(k) for k in kids.get(i, [])]}
-            data = [node(r["id"]) for r in rows if r["parent"] is None]
-        lines: list[str] = []
+                return TreeNode(id=i, short_id=i[:12], tags=self._tags(i), size=None if r["size"] < 0 else r["size"],
+                                exclusive=self._usage(r["snapshot"]), created_by=r["created_by"],
+                                containers=tuple(self._container_name(c) for c in conts.get(i, [])),
+                                children=tuple(node(k) for k in kids.get(i, [])))
+            roots = [node(r["id"]) for r in rows if r["parent"] is None]
+        return render_tree(roots), roots
 
-        def draw(n: dict[str, Any], prefix: str, last: bool, top: bool) -> None:
-            tags = ",".join(n["tags"]) or "<none>"
-            head = "" if top else ("└─ " if last else "├─ ")
-            lines.append(f"{prefix}{head}{n['id']} {tags} size={n['size']} exclusive={n['exclusive']}"
-                         + (f" containers={','.join(n['containers'])}" if n["containers"] else ""))
-            sub = prefix + ("" if top else ("   " if last else "│  "))
-            for j, k in enumerate(n["children"]):
-                draw(k, sub, j == len(n["children"]) - 1, False)
-        for n in data:
-            draw(n, "", True, True)
-        return "\n".join(lines), data
-
-    def whatrequires(self, ref: str) -> dict[str, list[str]]:
-        """Images and containers that depend on this image, transitively (short ids, container names).
+    def whatrequires(self, ref: str) -> Requirements:
+        """Images (ids) and containers (names) that depend on this image, transitively.
 
         >>> store.whatrequires("busybox")     # doctest: +SKIP
-        {'images': ['1a2b3c4d5e6f'], 'containers': ['web']}
+        Requirements(images=('1a2b...',), containers=('web',))
         """
         with self._lock:
             root = self.resolve(ref)
@@ -595,54 +672,34 @@ class ImageStore:
             stack = [root]
             while stack:
                 i = stack.pop()
-                cs += [c.labels.get("labkit.container", c.name) for c in conts.get(i, [])]
+                cs += [self._container_name(c) for c in conts.get(i, [])]
                 for k in kids.get(i, []):
-                    imgs.append(k[:12])
+                    imgs.append(k)
                     stack.append(k)
-            return {"images": imgs, "containers": cs}
+            return Requirements(images=tuple(imgs), containers=tuple(cs))
 
-    def df(self) -> pd.DataFrame:
+    def df(self) -> list[DfRow]:
         """Disk use per image and container: total, shared, exclusive, reclaimable (bytes).
 
         ``layer`` = snapshotter.usage of the object's own snapshot. ``total`` = layers of the object and its
         ancestors. A layer counts as *shared* for an object when some other image or container also has it
         in its chain; ``exclusive = total - shared``; ``reclaimable`` = what removing the object now frees.
 
-        >>> store.df()[["kind", "name", "total", "shared", "exclusive", "reclaimable"]]   # doctest: +SKIP
+        >>> [(r.kind, r.name, r.total) for r in store.df()]   # doctest: +SKIP
         """
         with self._lock:
             rows = self._all_rows()
-            kids, conts = self._users()
-            layer = {r["id"]: self.sn.usage(r["snapshot"]).size for r in rows}
+            _, conts = self._users()
             parent = {r["id"]: r["parent"] for r in rows}
+            layer = {r["id"]: self._usage(r["snapshot"]) for r in rows}
+            containers = {i: [(self._container_name(c), c.name, self._usage(c.name)) for c in cl]
+                          for i, cl in conts.items() if cl}
+        return df_rows(parent, layer, containers)
 
-            def chain(i: str | None) -> list[str]:
-                out = []
-                while i:
-                    out.append(i)
-                    i = parent[i]
-                return out
-            objs: list[tuple[str, str, int, list[str], bool]] = []   # kind, name, own layer, chain, in use
-            for r in rows:
-                i = r["id"]
-                objs.append(("image", i[:12], 0, chain(i), bool(kids.get(i) or conts.get(i))))
-            for i, cl in conts.items():
-                for c in cl:
-                    objs.append(("container", c.labels.get("labkit.container", c.name), self.sn.usage(c.name).size,
-                                 chain(i), False))
-            holders: dict[str, int] = {}
-            for o in objs:
-                for i in o[3]:
-                    holders[i] = holders.get(i, 0) + 1
-            out = []
-            for kind, name, own, ch, used in objs:
-                total = own + sum(layer[i] for i in ch)
-                # an image is itself the first element of its own chain; containers are not in any chain
-                shared = sum(layer[i] for i in ch if holders[i] > 1)
-                if kind == "image":
-                    reclaim = 0 if used else layer[ch[0]]
-                else:
-                    reclaim = own
-                out.append({"kind": kind, "name": name, "total": total, "shared": shared,
-                            "exclusive": total - shared, "reclaimable": reclaim})
-        return pd.DataFrame(out, columns=["kind", "name", "total", "shared", "exclusive", "reclaimable"])
+
+def _loads(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return {}
+

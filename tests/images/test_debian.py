@@ -35,7 +35,7 @@ def test_debian_minbase(tmp_path, monkeypatch) -> None:
         offline_s = time.monotonic() - t0
         assert second != first and offline_s < 60
         info = store.inspect("debian:bookworm")
-        assert info["created_by"].startswith("mmdebstrap") and info["size"] > 50 << 20
+        assert info.created_by.startswith("mmdebstrap") and info.size > 50 << 20
 
         def check(root: str) -> None:
             with open(os.path.join(root, "etc", "debian_version")) as f:

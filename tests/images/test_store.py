@@ -12,7 +12,7 @@ import pytest
 
 from labkit import errors
 from labkit._sys import mounts as sysmounts
-from labkit.images import ImageStore, parse_reference
+from labkit.images import CheckReport, ImageStore, Requirements, parse_reference
 from labkit.snapshots import backend_status, open_snapshotter
 
 OPTIONS = {"thin": {"data_size": "2G", "base_size": "256M"}, "btrfs": {"loop_size": "1G"},
@@ -48,7 +48,7 @@ def test_workflow(store: ImageStore, tmp_path) -> None:
     sn = store.sn
     base = store.import_busybox(tag="busybox")
     assert store.resolve("busybox:latest") == base == store.resolve(base[:12])
-    assert store.inspect("busybox")["size"] > 500_000          # the static binary at least
+    assert store.inspect("busybox").size > 500_000          # the static binary at least
 
     # a container, as the runtime makes it
     mnt = sn.prepare("c1", f"img-{base}", labels={"labkit.container": "web"})
@@ -60,37 +60,38 @@ def test_workflow(store: ImageStore, tmp_path) -> None:
         os.unlink(target / "etc" / "hostname")
         live = store.commit("c1", "live:v0", created_by="frozen commit")     # still mounted: c1 stays
         assert sn.stat("c1").kind.value == "active"
-        assert store.inspect("live:v0")["size"] == store.inspect("busybox")["size"] + 100_000 - len("labkit\n")
-        assert store.rmi("live:v0")["deleted"] == [live]
+        assert store.inspect("live:v0").size == store.inspect("busybox").size + 100_000 - len("labkit\n")
+        assert store.rmi("live:v0").deleted == (live,)
     with pytest.raises(errors.FailedPrecondition, match="web"):
         store.rmi("busybox")
-    assert store.whatrequires("busybox") == {"images": [], "containers": ["web"]}
+    assert store.whatrequires("busybox") == Requirements(images=(), containers=("web",))
 
     app = store.commit("c1", "app:v1", created_by="sh -c 'echo > /hello'", comment="first")
     hist = store.history("app:v1")
-    assert [h["created_by"] for h in hist] == ["sh -c 'echo > /hello'", "labkit import busybox"]
-    assert hist[0]["id"] == app[:12] and hist[1]["id"] == base[:12]
-    assert store.inspect("app:v1")["size"] == store.inspect("busybox")["size"] + 100_000 - len("labkit\n")
+    assert [h.created_by for h in hist] == ["sh -c 'echo > /hello'", "labkit import busybox"]
+    assert hist[0].id == app and hist[1].short_id == base[:12]
+    assert store.inspect("app:v1").size == store.inspect("busybox").size + 100_000 - len("labkit\n")
 
     # a second container on the new image, and an untagged image made from it
     sn.prepare("c2", f"img-{app}", labels={"labkit.container": "worker"})
     req = store.whatrequires("busybox")
-    assert req == {"images": [app[:12]], "containers": ["worker"]}
+    assert req == Requirements(images=(app,), containers=("worker",))
     text, data = store.tree()
-    assert data[0]["id"] == base[:12] and data[0]["children"][0]["id"] == app[:12]
-    assert data[0]["children"][0]["containers"] == ["worker"]
+    assert data[0].id == base and data[0].children[0].id == app
+    assert data[0].children[0].containers == ("worker",)
     assert "app:v1" in text and "busybox:latest" in text
 
-    df = store.df().set_index("name")
+    df = {r.name: r for r in store.df()}
     layer_base = sn.usage(f"img-{base}").size
     layer_app = sn.usage(f"img-{app}").size
     if sn.name in ("copy", "overlay"):      # separate layers; on CoW backends c2 shares hello's extents
         assert layer_app >= 100_000 and layer_base > 0
-    assert df.loc[base[:12], "total"] == layer_base and df.loc[base[:12], "shared"] == layer_base
-    assert df.loc[base[:12], "reclaimable"] == 0
-    assert df.loc[app[:12], "total"] == layer_base + layer_app
-    assert df.loc["worker", "total"] == layer_base + layer_app + sn.usage("c2").size
-    assert df.loc["worker", "exclusive"] == sn.usage("c2").size == df.loc["worker", "reclaimable"]
+    assert df[base[:12]].total == layer_base and df[base[:12]].shared == layer_base
+    assert df[base[:12]].reclaimable == 0 and df[base[:12]].kind == "image"
+    assert df[app[:12]].total == layer_base + layer_app
+    assert df["worker"].total == layer_base + layer_app + sn.usage("c2").size
+    assert df["worker"].exclusive == sn.usage("c2").size == df["worker"].reclaimable
+    assert df["worker"].kind == "container" and df["worker"].snapshot == "c2"
 
     with pytest.raises(errors.FailedPrecondition, match="worker"):
         store.rmi("app:v1")
@@ -98,26 +99,26 @@ def test_workflow(store: ImageStore, tmp_path) -> None:
         store.rmi("busybox")
     # force cannot drop a snapshot that has a container: untag, mark, report
     res = store.rmi("app:v1", force=True)
-    assert res["deleted"] == [] and res["untagged"] == ["app:v1"] and res["kept_by"]
-    assert store.inspect(app)["removal_pending"]
-    assert store.prune()["deleted"] == []          # still used by worker
+    assert res.deleted == () and res.untagged == ("app:v1",) and res.kept_by
+    assert store.inspect(app).removal_pending
+    assert store.prune().deleted == ()          # still used by worker
     sn.remove("c2")
     layer_app = sn.usage(f"img-{app}").size
     pr = store.prune()
-    assert pr["deleted"] == [app] and pr["freed"] == layer_app
-    assert store.images()["id"].tolist() == [base[:12]]
+    assert pr.deleted == (app,) and pr.freed == layer_app and pr.removals[0].tags == ()
+    assert [i.id for i in store.images()] == [base]
 
     # tags, export, prune -a
     store.tag("busybox", "base:v1")
-    assert sorted(store.inspect(base)["tags"]) == ["base:v1", "busybox:latest"]
-    assert store.rmi("base:v1")["untagged"] == ["base:v1"]
+    assert store.inspect(base).tags == ("base:v1", "busybox:latest")
+    assert store.rmi("base:v1").untagged == ("base:v1",)
     out = tmp_path / "bb.tar"
     store.export("busybox", out)
     with tarfile.open(out) as tf:
         assert "bin/busybox" in tf.getnames()
     store.import_tar(out, tag="bb2")
-    assert store.inspect("bb2")["size"] == store.inspect("busybox")["size"]
-    assert store.prune(all=True)["deleted"] and store.images().empty
+    assert store.inspect("bb2").size == store.inspect("busybox").size
+    assert store.prune(all=True).deleted and store.images() == []
     assert [i.name for i in sn.walk()] == []
 
 
@@ -137,7 +138,7 @@ def test_refs_and_failures(store: ImageStore, tmp_path) -> None:
         tf.addfile(tarfile.TarInfo("../escape"))
     with pytest.raises(errors.InvalidArgument, match=r"\.\./escape"):
         store.import_tar(bad, tag="bad")
-    assert list(store.sn.walk()) == [] and store.images().empty
+    assert list(store.sn.walk()) == [] and store.images() == []
     # ambiguous prefix
     a = store.import_tar(_tiny(tmp_path), tag="t1")
     b = store.import_tar(_tiny(tmp_path), tag="t2")
@@ -151,8 +152,10 @@ def test_refs_and_failures(store: ImageStore, tmp_path) -> None:
     store.prune()
     # a tag moves to the newest image, the old one becomes dangling
     c = store.import_tar(_tiny(tmp_path), tag="t1")
-    assert store.resolve("t1") == c and store.inspect(a)["tags"] == []
-    assert store.prune()["deleted"] == [a]
+    assert store.resolve("t1") == c and store.inspect(a).tags == ()
+    plan = store.prune(dry_run=True)
+    assert plan.dry_run and plan.deleted == (a,) and store.inspect(a).id == a
+    assert store.prune().deleted == (a,)
     # commit is refused while the container's rootfs is mounted, and a bad tag consumes nothing
     m = store.sn.prepare("run1", f"img-{c}", labels={"labkit.container": "run1"})
     mnt = tmp_path / "mnt"
@@ -169,7 +172,7 @@ def test_refs_and_failures(store: ImageStore, tmp_path) -> None:
             assert sorted(os.listdir(r)) == ["added", "again", "lnk"]
             assert os.path.samefile(os.path.join(r, "added"), os.path.join(r, "again"))
             assert os.readlink(os.path.join(r, "lnk")) == "/f"
-        assert store.inspect(live)["parent"] == c
+        assert store.inspect(live).parent == c
         store.rmi(live)
         (mnt / "added").unlink()
         (mnt / "again").unlink()
@@ -178,7 +181,7 @@ def test_refs_and_failures(store: ImageStore, tmp_path) -> None:
         store.commit("run1", "BAD")
     assert store.sn.stat("run1").kind.value == "active"
     new = store.commit("run1", None, created_by="nothing")
-    assert store.inspect(new)["parent"] == c and store.inspect(new)["tags"] == []
+    assert store.inspect(new).parent == c and store.inspect(new).tags == ()
 
 
 def _tiny(tmp_path) -> str:
@@ -204,7 +207,7 @@ def test_layer_and_dir_import(store: ImageStore, tmp_path) -> None:
             tf.addfile(ti, io.BytesIO(data))
     (tmp_path / "layer.tar").write_bytes(buf.getvalue())
     top = store.import_tar(tmp_path / "layer.tar", parent="busybox", tag="layered")
-    assert store.history("layered")[1]["id"] == base[:12]
+    assert store.history("layered")[1].id == base
 
     def look(root: str) -> None:
         assert not os.path.exists(os.path.join(root, "etc", "hostname"))
@@ -230,43 +233,88 @@ def test_layer_and_dir_import(store: ImageStore, tmp_path) -> None:
 
 
 @pytest.mark.parametrize("store", ["copy"], indirect=True)
-def test_check_after_crash(store: ImageStore) -> None:
+def test_check_after_crash(store: ImageStore, tmp_path) -> None:
     sn = store.sn
-    store.import_busybox(tag="busybox")
+    base = store.import_busybox(tag="busybox")
+    gone = store.import_tar(_tiny(tmp_path), tag="gone")
+    sn.remove(f"img-{gone}")                                                        # row without snapshot
     sn.prepare("imgbuild-deadbeef0000", None, labels={"labkit.image.build": "x"})   # died while filling
-    sn.prepare("k", None)
-    sn.commit("img-" + "0" * 64, "k")                                              # died before the row
-    assert len(store.check()) == 2
-    assert len(store.check(repair=True)) == 2 and store.check() == []
-    assert [i.name for i in sn.walk()] == [f"img-{store.resolve('busybox')}"]
+    sn.prepare("k", f"img-{base}")
+    sn.commit("img-" + "0" * 64, "k", labels={"labkit.image.tag": "saved:1",        # died before the row
+                                              "labkit.image.created_by": "make"})
+    store.db.execute("UPDATE images SET size=-1 WHERE id=?", (base,))             # never measured
+    os.makedirs(os.path.join(store.root, "tmp", "build-abc-x", "etc"))             # scratch dirs of a crash
+    os.mkdir(os.path.join(store.root, "rootfs-old"))
+    report = store.check()
+    assert isinstance(report, CheckReport) and not report.ok
+    assert len(report.problems) == 6 and len(report.repairs) == 6, report
+    assert all(r.startswith("would ") for r in report.repairs)
+    repairs = dict(report.rows())
+    assert repairs["snapshot img-" + "0" * 64 + " has no image row"].startswith("would register snapshot")
+    assert store.inspect("busybox").size is None
+    fixed = store.check(repair=True)
+    assert len(fixed.repairs) == 6 and fixed.unrepaired == (), fixed
+    assert store.check() == CheckReport()
+    # the orphan was adopted (never deleted: it may be a container's only copy), with its tag and provenance
+    adopted = store.inspect("saved:1")
+    assert adopted.id == "0" * 64 and adopted.parent == base and adopted.created_by == "make"
+    assert adopted.size == store.inspect("busybox").size > 500_000
+    assert sorted(i.name for i in sn.walk()) == sorted([f"img-{base}", "img-" + "0" * 64])
+    assert os.listdir(os.path.join(store.root, "tmp")) == [] and not os.path.exists(os.path.join(store.root, "rootfs-old"))
+    assert [i.id for i in store.images()] == [base, "0" * 64]
 
 
-@pytest.mark.parametrize("store", [b for b in ("overlay",) if b in BACKENDS], indirect=True)
-def test_docker_save_import(store: ImageStore, tmp_path) -> None:
-    import io
-    import json
+def _stopped_container(store: ImageStore, tmp_path, key: str = "c1") -> None:
+    """A container snapshot on busybox with /data written, unmounted (a stopped container)."""
+    m = store.sn.prepare(key, f"img-{store.resolve('busybox')}", labels={"labkit.container": key})
+    mnt = tmp_path / f"mnt-{key}"
+    mnt.mkdir()
+    with m.mount(mnt):
+        (mnt / "data").write_bytes(b"precious")
 
-    def layer(members) -> bytes:
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as tf:
-            for name, data in members:
-                ti = tarfile.TarInfo(name)
-                ti.size = len(data)
-                tf.addfile(ti, io.BytesIO(data))
-        return buf.getvalue()
-    l1 = layer([("etc/os", b"base"), ("etc/gone", b"x"), ("var/cache/a", b"a")])
-    l2 = layer([("etc/.wh.gone", b""), ("var/cache/.wh..wh..opq", b""), ("app", b"bin")])
-    outer = tmp_path / "save.tar"
-    manifest = json.dumps([{"Config": "c.json", "RepoTags": ["demo:1"], "Layers": ["l1/layer.tar", "l2/layer.tar"]}])
-    with tarfile.open(outer, "w") as tf:
-        for name, data in (("manifest.json", manifest.encode()), ("l1/layer.tar", l1), ("l2/layer.tar", l2)):
-            ti = tarfile.TarInfo(name)
-            ti.size = len(data)
-            tf.addfile(ti, io.BytesIO(data))
-    ids = store.import_docker_save(outer)
-    assert len(ids) == 2 and store.resolve("demo:1") == ids[1]
-    assert [h["id"] for h in store.history("demo:1")] == [ids[1][:12], ids[0][:12]]
-    with store.mounted("demo:1") as r:
-        assert sorted(os.listdir(os.path.join(r, "etc"))) == ["os"]
-        assert os.listdir(os.path.join(r, "var", "cache")) == []
-        assert open(os.path.join(r, "app")).read() == "bin"
+
+@pytest.mark.parametrize("store", ["copy"], indirect=True)
+@pytest.mark.parametrize("step", ["register", "measure", "set_size", "interrupt"])
+def test_commit_failure_after_snapshot_commit_loses_nothing(store: ImageStore, tmp_path, monkeypatch, step) -> None:
+    """A failure at each step after the snapshot commit leaves the new image (at worst after check's
+    repair), never neither it nor the container's data."""
+    store.import_busybox(tag="busybox")
+    _stopped_container(store, tmp_path)
+
+    def boom(*a, **k):
+        raise (KeyboardInterrupt if step == "interrupt" else OSError)("injected failure")
+    target = {"register": "_register", "measure": "_measure", "set_size": "_set_size", "interrupt": "_register"}[step]
+    monkeypatch.setattr(store, target, boom)
+    if step in ("register", "interrupt"):
+        with pytest.raises((errors.FailedPrecondition, KeyboardInterrupt)) as ei:
+            store.commit("c1", "app:v1", created_by="write data")
+        if step == "register":
+            assert "check(repair=True)" in str(ei.value) and "\n" not in str(ei.value)
+        monkeypatch.undo()
+        assert store.check().problems and store.check(repair=True).repairs
+    else:
+        store.commit("c1", "app:v1", created_by="write data")
+        monkeypatch.undo()
+        assert store.inspect("app:v1").size is None          # registered, measured later
+        assert "has no measured size" in store.check().problems[0]
+        store.check(repair=True)
+    info = store.inspect("app:v1")
+    assert info.size == store.inspect("busybox").size + len("precious") and info.created_by == "write data"
+    with store.mounted("app:v1") as r:
+        assert open(os.path.join(r, "data"), "rb").read() == b"precious"
+    assert store.check().ok
+
+
+@pytest.mark.parametrize("store", ["copy"], indirect=True)
+def test_commit_failure_before_snapshot_commit_keeps_container(store: ImageStore, tmp_path, monkeypatch) -> None:
+    store.import_busybox(tag="busybox")
+    _stopped_container(store, tmp_path)
+
+    def boom(*a, **k):
+        raise OSError("injected failure")
+    monkeypatch.setattr(store.sn, "commit", boom)
+    with pytest.raises(OSError):
+        store.commit("c1", "app:v1")
+    monkeypatch.undo()
+    assert store.sn.stat("c1").kind.value == "active" and store.check().ok    # the old state
+    assert len(store.images()) == 1
