@@ -90,7 +90,7 @@ def cmd_image(args: argparse.Namespace) -> int:
                 iid = lab.import_image(args.source, tag=args.tag)
             print(short_id(iid))
         elif v in ("ls", "images"):
-            rows = _records(lab.images())
+            rows = lab.images(as_frame=False)
             _listing(args, rows, [("IMAGE ID", "id"), ("TAGS", "tags"), ("PARENT", "parent"), ("CREATED", "created"),
                                   ("SIZE", "size"), ("EXCLUSIVE", "exclusive"), ("CREATED BY", "created_by")],
                      {"id": _ids(args), "parent": _ids(args), "tags": _tags, "created": _when(args),
@@ -100,7 +100,7 @@ def cmd_image(args: argparse.Namespace) -> int:
         elif v == "inspect":
             print_json(lab.inspect(args.ref))
         elif v == "history":
-            rows = _records(lab.history(args.ref))
+            rows = lab.history(args.ref, as_frame=False)
             if getattr(args, "format", None) == "json":
                 print_json(rows)
             else:
@@ -110,8 +110,8 @@ def cmd_image(args: argparse.Namespace) -> int:
         elif v == "tag":
             lab.tag(args.ref, args.new)
         elif v in ("rm", "prune"):
-            out = lab.rmi(args.ref, force=args.force) if v == "rm" else lab.prune(all=args.all, dry_run=args.dry_run)
-            rows = _records(out)
+            rows = (lab.rmi(args.ref, force=args.force, as_frame=False) if v == "rm"
+                    else lab.prune(all=args.all, dry_run=args.dry_run, as_frame=False))
             if getattr(args, "format", None) == "json":
                 print_json(rows)
             else:
@@ -123,6 +123,9 @@ def cmd_image(args: argparse.Namespace) -> int:
                         print(f"untagged: {r.get('what')}")
                     else:
                         print(f"{a}: {r.get('what')}  (frees {_sizes(args)(r.get('freed_bytes'))})")
+                total = sum(int(r.get("freed_bytes") or 0) for r in rows)
+                if len([r for r in rows if r.get("freed_bytes")]) > 1:
+                    print(f"total: {_sizes(args)(total)}")
                 if not rows:
                     print("nothing to remove")
         elif v == "whatrequires":
@@ -243,14 +246,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     opts = _run_options(args)
     with _lab(args) as lab:
         cmd = _cmd(args)
-        info = lab.inspect(args.image)
-        entry = [args.entrypoint] if args.entrypoint else list(info.get("entrypoint") or [])
-        if not cmd:
-            cmd = list(info.get("cmd") or [])
-        cmd = entry + cmd
-        if not cmd:
-            raise errors.InvalidArgument(f"labkit run {args.image}", "has no command and the image names none",
-                                         fix=f"give one: labkit run {args.image} sh -c 'echo hi'")
+        if args.entrypoint is not None:
+            opts["entrypoint"] = [args.entrypoint] if args.entrypoint else []
         if args.interactive and args.tty:
             return _interactive(lab, args, args.image, cmd, opts)
         if args.detach:
@@ -266,7 +263,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _ps_rows(lab: Any, all_: bool) -> list[dict[str, Any]]:
-    rows = _records(lab.ps(all=all_))
+    rows = lab.ps(all=all_, as_frame=False)
     for r in rows:
         if r.get("status") != "running":
             r["ip"] = None
@@ -286,7 +283,7 @@ def cmd_ctr(args: argparse.Namespace) -> int:
                      {"id": _ids(args), "ip": lambda x: x or "-", "image": _ids(args),
                       "command": (lambda x: str(x)) if args.no_trunc else (lambda x: _trunc(str(x), 30))})
         elif v == "df":
-            rows = _records(lab.df())
+            rows = lab.df(as_frame=False)
             if args.format == "json":
                 print_json(rows)
             else:

@@ -61,13 +61,21 @@ def check_name(name: str) -> str:
     return name
 
 
-def _frame(rows: Any, columns: list[str] | None = None) -> "pd.DataFrame":
-    """A DataFrame from a list of dataclasses or dicts (pandas is imported only here: the CLI stays fast)."""
+def _records(rows: Any) -> list[dict[str, Any]]:
+    return [dataclasses.asdict(r) if dataclasses.is_dataclass(r) else dict(r) for r in rows]
+
+
+def _frame(rows: Any, columns: list[str] | None = None, *, as_frame: bool = True) -> Any:
+    """A DataFrame from a list of dataclasses or dicts, ``created`` as UTC timestamps (pandas is imported
+    only here); with ``as_frame=False`` the plain list of dicts (the CLI: no pandas on its fast paths)."""
+    recs = _records(rows)
+    if not as_frame:
+        return recs
     import pandas as pd
-    if isinstance(rows, pd.DataFrame):
-        return rows
-    recs = [dataclasses.asdict(r) if dataclasses.is_dataclass(r) else dict(r) for r in rows]
-    return pd.DataFrame(recs, columns=columns) if columns or not recs else pd.DataFrame(recs)
+    df = pd.DataFrame(recs, columns=columns) if columns or not recs else pd.DataFrame(recs)
+    if "created" in df.columns and len(df) and df["created"].dtype.kind in "fi":
+        df["created"] = pd.to_datetime(df["created"], unit="s", utc=True)
+    return df
 
 
 def _plain(x: Any) -> Any:
@@ -193,49 +201,46 @@ class Lab:
             return self.store.import_busybox(tag=tag or "busybox:latest")
         if source == "debian":
             return self.store.import_debian(tag=tag or "debian:bookworm")
-        if os.path.isdir(source):
-            return self.store.import_dir(source, tag=tag)
-        if os.path.isfile(source):
-            auto = getattr(self.store, "import_auto", None)
-            return auto(source, tag=tag) if auto is not None else self.store.import_tar(source, tag=tag)
+        if os.path.isdir(source) or os.path.isfile(source):
+            return self.store.import_auto(source, tag=tag)   # a rootfs dir or tar, docker-archive, OCI layout
         raise errors.NotFound(f"image source {source!r}", fix="give busybox, debian, a directory or an archive file")
 
-    def images(self) -> "pd.DataFrame":
-        """The images as a table (id, tags, parent, created, created_by, size, exclusive)."""
-        return _frame(self.store.images())
+    def images(self, *, as_frame: bool = True) -> "pd.DataFrame":
+        """The images as a table: id, short_id, tags, parent, created, created_by, size, exclusive, ...
+        (``as_frame=False``: a list of dicts)."""
+        return _frame(self.store.images(), as_frame=as_frame)
 
     def inspect(self, ref: str) -> dict[str, Any]:
         """Everything known about one image, as plain data."""
         return _plain(self.store.inspect(ref))
 
-    def history(self, ref: str) -> "pd.DataFrame":
+    def history(self, ref: str, *, as_frame: bool = True) -> "pd.DataFrame":
         """The chain from ``ref`` back to its base, newest first: id, created, created_by, comment, sizes."""
-        return _frame(self.store.history(ref))
+        return _frame(self.store.history(ref), as_frame=as_frame)
 
     def tag(self, ref: str, new: str) -> str:
         """Give image ``ref`` the tag ``new``; returns the image id."""
         return self.store.tag(ref, new)
 
-    def rmi(self, ref: str, *, force: bool = False) -> "pd.DataFrame":
+    def rmi(self, ref: str, *, force: bool = False, as_frame: bool = True) -> "pd.DataFrame":
         """Remove an image (``docker rmi``): one row per untagged tag / deleted image, with bytes freed.
         Refused while a container or child image uses it (``force`` untags now, prune deletes later)."""
-        return _frame(_removal_rows(_plain(self.store.rmi(ref, force=force))),
-                      ["action", "what", "freed_bytes", "kept_by"])
+        return _frame(_removal_rows(self.store.rmi(ref, force=force)),
+                      ["action", "what", "freed_bytes", "kept_by"], as_frame=as_frame)
 
-    def prune(self, *, all: bool = False, dry_run: bool = False) -> "pd.DataFrame":
-        """Delete dangling images (``all``: every image no container needs); one row per deleted image."""
-        kw: dict[str, Any] = {"all": all}
-        if dry_run:
-            kw["dry_run"] = True
-        return _frame(_removal_rows(_plain(self.store.prune(**kw))), ["action", "what", "freed_bytes", "kept_by"])
+    def prune(self, *, all: bool = False, dry_run: bool = False, as_frame: bool = True) -> "pd.DataFrame":
+        """Delete dangling images (``all``: every image no container needs); one row per deleted image
+        (``would delete`` with ``dry_run``)."""
+        return _frame(_removal_rows(self.store.prune(all=all, dry_run=dry_run)),
+                      ["action", "what", "freed_bytes", "kept_by"], as_frame=as_frame)
 
     def whatrequires(self, ref: str) -> dict[str, list[str]]:
         """Images and containers that depend on ``ref``: ``{"images": [...], "containers": [...]}``."""
         return _plain(self.store.whatrequires(ref))
 
-    def df(self) -> "pd.DataFrame":
+    def df(self, *, as_frame: bool = True) -> "pd.DataFrame":
         """Space per image and container: total, shared, exclusive, reclaimable."""
-        return _frame(self.store.df())
+        return _frame(self.store.df(), as_frame=as_frame)
 
     def tree(self) -> str:
         """The lineage of every image, with sizes, as text."""
@@ -243,14 +248,17 @@ class Lab:
         return t[0] if isinstance(t, tuple) else str(t)
 
     # ---- containers ---------------------------------------------------------------------------------
-    def run(self, image: str, cmd: Sequence[str], *, name: str | None = None, rm: bool = False,
+    def run(self, image: str, cmd: Sequence[str] = (), *, name: str | None = None, rm: bool = False,
             detach: bool = False, network: str = "none", memory: int | str | None = None,
             cpus: float | None = None, pids: int | None = None, env: dict[str, str] | None = None,
-            workdir: str = "/", user: str | None = None, readonly: bool = False,
-            binds: Sequence[str] = (), **runtime_options: Any) -> LabContainer:
+            workdir: str | None = None, user: str | None = None, readonly: bool = False,
+            binds: Sequence[str] = (), entrypoint: Sequence[str] | None = None,
+            **runtime_options: Any) -> LabContainer:
         """Start ``cmd`` in a container on a fresh snapshot of ``image``; waits unless ``detach``.
 
-        With ``rm`` the snapshot is thrown away when the container ends (``docker run --rm``). Other
+        With ``rm`` the snapshot is thrown away when the container ends (``docker run --rm``). As in
+        Docker, the image's config fills what is not given: ``entrypoint`` + ``cmd`` (an empty ``cmd``
+        takes the image's Cmd), its Env under ``env``, its WorkingDir and User. Other
         keyword options go to the runtime as they are: ``privileged``, ``cap_add``, ``cap_drop``,
         ``hostname``, ``tty``, ``publish`` ... (see :meth:`labkit.containers.Runtime.run`).
 
@@ -258,20 +266,29 @@ class Lab:
         0
         """
         image_id = self.store.resolve(image)
+        info = self.store.inspect(image_id)
+        entry = list(info.entrypoint) if entrypoint is None else list(entrypoint)
+        argv = entry + (list(cmd) if cmd else ([] if entrypoint is not None and entrypoint != () else list(info.cmd)))
+        if not argv:
+            raise errors.InvalidArgument(f"run of image {image!r}", "has no command and the image names none",
+                                         fix=f"give one, e.g. labkit run {image} sh -c 'echo hi'")
+        env = {**dict(e.split("=", 1) for e in info.env if "=" in e), **(env or {})}
+        workdir = workdir or info.workdir or "/"
+        user = user or info.user or None
         name = check_name(name) if name is not None else secrets.token_hex(5)
-        c = LabContainer(self, name, image, cmd, rm)
+        c = LabContainer(self, name, image, argv, rm)
         if any(i.name == c.key for i in self.sn.walk(f"name=={c.key}")):
             raise errors.AlreadyExists(f"container {name!r}", fix=f"choose another name or `labkit rm {name}`")
-        snapshot = _plain(self.store.inspect(image_id))["snapshot"]
+        snapshot = info.snapshot
         target = self._rootfs(c.key)
         os.makedirs(target, exist_ok=True)
         mounted: Mounted | None = None
         try:
             m = self.sn.prepare(c.key, snapshot, labels={"labkit.container": name, "labkit.image": image_id})
             mounted = m.mount(target)
-            self.runtime.run(target, list(cmd), name=name, network=network,
+            self.runtime.run(target, argv, name=name, network=network,
                              memory=parse_size(memory, what="memory") if memory is not None else None,
-                             cpus=cpus, pids=pids, env=env, workdir=workdir, user=user, readonly=readonly,
+                             cpus=cpus, pids=pids, env=env or None, workdir=workdir, user=user, readonly=readonly,
                              binds=binds, detach=detach, **runtime_options)
         except BaseException:
             if mounted is not None:
@@ -300,7 +317,7 @@ class Lab:
                 continue
         return out
 
-    def ps(self, *, all: bool = True) -> "pd.DataFrame":
+    def ps(self, *, all: bool = True, as_frame: bool = True) -> "pd.DataFrame":
         """Containers known to the runtime, as a table (``all=False``: only running ones)."""
         rows = [_plain(r) for r in self.runtime.ps()]
         images = {i.labels.get("labkit.container"): i.labels.get("labkit.image", "")
@@ -309,7 +326,7 @@ class Lab:
             r.setdefault("image", images.get(r.get("name"), ""))
         if not all:
             rows = [r for r in rows if r.get("status") == "running"]
-        return _frame(rows)
+        return _frame(rows, as_frame=as_frame)
 
     def commit(self, container: LabContainer | str, tag: str | None = None, *, comment: str = "") -> str:
         """A new image from a container's filesystem: its parent is the container's image, its
@@ -443,10 +460,11 @@ def _removal_rows(out: Any) -> list[dict[str, Any]]:
     """rmi/prune results as rows: action (untagged, deleted, kept), what, freed_bytes, kept_by."""
     out = _plain(out)
     rows = [{"action": "untagged", "what": t, "freed_bytes": 0, "kept_by": ""} for t in out.get("untagged", ())]
+    done = "would delete" if out.get("dry_run") else "deleted"
     for r in out.get("removals", ()):
         r = _plain(r)
         tags = ", ".join(r.get("tags", ()))
-        rows.append({"action": "deleted", "what": r.get("short_id") or str(r.get("id", ""))[:12]
+        rows.append({"action": done, "what": r.get("short_id") or str(r.get("id", ""))[:12]
                      + (f" ({tags})" if tags else ""), "freed_bytes": int(r.get("freed") or 0), "kept_by": ""})
     if "removals" not in out:           # the older dict shape: deleted ids and one total
         deleted = list(out.get("deleted", ()))

@@ -26,10 +26,10 @@ def test_figure_2_workflow(tmp_path, backend):
         run = lab.run("app:v1", ["cat", "/app/version"], rm=True, name="reader")
         assert run.output == "v1\n" and run.exit_code == 0
         assert [i.name for i in lab.sn.walk("labels.labkit.container==reader")] == []   # --rm threw it away
-        hist = lab.store.history("app:v1")
-        assert hist[0]["created_by"].startswith("sh -c mkdir") and len(hist) == 2
+        hist = lab.history("app:v1")
+        assert hist.created_by.iloc[0].startswith("sh -c mkdir") and len(hist) == 2
         images = lab.images()
-        assert len(images) == 2 and new[:12] in set(images.id)
+        assert len(images) == 2 and new in set(images.id)
         assert "app:v1" in lab.tree()
         with pytest.raises(errors.LabkitError):
             lab.run("no-such-image", ["true"])
