@@ -3,15 +3,19 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import logging
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
 from labkit._sys import loop, mounts
+from labkit.errors import FailedPrecondition
+from labkit.snapshots.mount import Mount
 from labkit.gc import find_leftovers, gc
 from labkit.snapshots import open_snapshotter
 from labkit.snapshots.thin import ThinSnapshotter
@@ -38,10 +42,10 @@ def test_snapshot_costs_no_space_and_remove_frees_it(tmp_path):
         with sn.prepare("a").mount(target):
             (target / "data").write_bytes(os.urandom(4 << 20))
         sn.commit("img", "a")
-        used0 = sn.client.call("status")["used_data_blocks"]
+        used0 = sn.pool_status().used_data_blocks
         for i in range(5):
             sn.prepare(f"c{i}", "img")
-        assert sn.client.call("status")["used_data_blocks"] == used0  # five snapshots, not a block more
+        assert sn.pool_status().used_data_blocks == used0  # five snapshots, not a block more
         with sn.prepare("w", "img").mount(target):
             (target / "new").write_bytes(os.urandom(1 << 20))
         assert sn.usage("w").size >= 1 << 20
@@ -50,8 +54,8 @@ def test_snapshot_costs_no_space_and_remove_frees_it(tmp_path):
             sn.remove(f"c{i}")
         sn.remove("w")
         assert sn.usage("img").size >= 4 << 20  # now it alone holds them
-        assert sn.client.call("status")["used_data_blocks"] <= used0
-        assert sn.client.call("check")["ok"]
+        assert sn.pool_status().used_data_blocks <= used0
+        assert sn.pool_check().ok
 
 
 def test_pool_full_fails_the_write_and_keeps_the_image(tmp_path):
@@ -78,7 +82,7 @@ def test_pool_full_fails_the_write_and_keeps_the_image(tmp_path):
         # space came back: a new container can write again
         with sn.prepare("d", "img").mount(target):
             (target / "again").write_bytes(b"x" * (1 << 20))
-        assert sn.client.call("check")["ok"]
+        assert sn.pool_check().ok
 
 
 CHILD = textwrap.dedent("""
@@ -112,3 +116,127 @@ def test_gc_after_a_killed_process_and_daemon(tmp_path):
     assert find_leftovers(root) == []
     assert not mounts.mounts_under(str(tmp_path))
     assert not [lp for lp in loop.list_loops() if lp.backing_file.startswith(str(tmp_path))]
+
+
+def _daemon_pid(sn) -> int:
+    return sn.client.daemon_info().pid
+
+
+def _wait_gone(pid: int, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not os.path.exists(f"/proc/{pid}"):
+            return True
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        time.sleep(0.02)
+    return False
+
+
+def test_close_never_waits_for_a_busy_daemon(tmp_path):
+    """A container left mounted (``labkit run`` without --rm): close() returns at once, the daemon stays
+    for the mount, a second snapshotter sees the snapshot and removes it after the unmount."""
+    root, target = tmp_path / "s", tmp_path / "t"
+    target.mkdir()
+    sn = open_snapshotter("thin", root, data_size="512M", base_size="128M")
+    mounted = sn.prepare("c").mount(target)
+    try:
+        (target / "f").write_text("still here")
+        pid = _daemon_pid(sn)
+        t0 = time.monotonic()
+        sn.close()
+        assert time.monotonic() - t0 < 2.0, "close() waited for a daemon that serves a mounted device"
+        assert os.path.exists(f"/proc/{pid}") and (target / "f").read_text() == "still here"
+        sn2 = open_snapshotter("thin", root, data_size="512M", base_size="128M")
+        try:
+            assert _daemon_pid(sn2) == pid and [i.name for i in sn2.walk()] == ["c"]
+            with pytest.raises(FailedPrecondition):
+                sn2.remove("c")          # still mounted
+            mounted.unmount()
+            sn2.remove("c")
+            assert list(sn2.walk()) == []
+        finally:
+            sn2.close()
+    finally:
+        mounted.unmount()
+    assert _wait_gone(pid), "the daemon did not stop once idle"
+    assert not mounts.mounts_under(str(tmp_path))
+    assert not [lp for lp in loop.list_loops() if lp.backing_file.startswith(str(tmp_path))]
+
+
+WORKER = textwrap.dedent("""
+    import os, sys
+    from labkit.snapshots import open_snapshotter
+    root, work, tag = sys.argv[1:4]
+    sn = open_snapshotter("thin", root, data_size="1G", base_size="128M")
+    target = os.path.join(work, tag)
+    os.makedirs(target)
+    try:
+        for i in range(10):
+            key = f"{tag}-{i}"
+            with sn.prepare(key, "base").mount(target):
+                with open(os.path.join(target, key), "wb") as f:
+                    f.write(os.urandom(256 << 10))
+                assert sorted(os.listdir(target)) == sorted(["base-file", "lost+found", key]) or \\
+                    sorted(os.listdir(target)) == sorted(["base-file", key])
+            if i % 2:
+                sn.commit(f"{tag}-img{i}", key)
+            else:
+                sn.remove(key)
+    finally:
+        sn.close()
+    print("done", flush=True)
+""")
+
+
+@pytest.mark.slow
+def test_two_processes_share_one_store(tmp_path):
+    """Two CLIs (or a CLI beside a notebook) on one thin store at once: one daemon, no failure."""
+    root, work = tmp_path / "s", tmp_path / "w"
+    work.mkdir()
+    with open_snapshotter("thin", root, data_size="1G", base_size="128M") as sn:
+        with sn.prepare("b").mount(work):
+            (work / "base-file").write_text("base")
+        sn.commit("base", "b")
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(root), str(work), tag], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for tag in ("p", "q")]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0 and out.strip() == "done", err[-3000:]
+    with open_snapshotter("thin", root, data_size="1G", base_size="128M") as sn:
+        names = {i.name for i in sn.walk()}
+        assert names == {"base"} | {f"{t}-img{i}" for t in "pq" for i in (1, 3, 5, 7, 9)}
+        assert sn.pool_check().ok
+        with sn.view("look", "q-img9").mount(work / "q"):
+            assert (work / "q" / "q-9").stat().st_size == 256 << 10
+        sn.remove("look")
+    assert not mounts.mounts_under(str(tmp_path))
+
+
+def test_orphan_device_of_a_crashed_prepare_is_recovered(tmp_path, caplog):
+    """A process died after create_snap and before its metadata row committed: the row id comes back, and
+    prepare must not fail with AlreadyExists forever."""
+    target = tmp_path / "t"
+    target.mkdir()
+    with open_snapshotter("thin", tmp_path / "s", data_size="512M", base_size="128M") as sn:
+        with sn.prepare("a").mount(target):
+            (target / "from-image").write_text("image")
+        sn.commit("img", "a")
+        seq = sn.db.execute("SELECT seq FROM sqlite_sequence WHERE name='snapshots'").fetchone()[0]
+        orphan = seq + 1
+        sn.client.create_snap(orphan, 0)           # what the crashed process left: a device, no row
+        with caplog.at_level(logging.WARNING, logger="labkit.snapshots.thin"):
+            with sn.prepare("c", "img").mount(target):
+                assert (target / "from-image").read_text() == "image"   # the new snapshot, not the orphan
+        assert "belongs to no snapshot" in caplog.text
+        assert orphan in sn.client.devices()  # now the device of "c"
+        # an orphan still mounted is left alone: prepare says so
+        seq = sn.db.execute("SELECT seq FROM sqlite_sequence WHERE name='snapshots'").fetchone()[0]
+        sn.client.create_snap(seq + 1, 0)
+        with Mount("ext4", sn.client.attach(seq + 1)).mount(target):
+            with pytest.raises(FailedPrecondition, match="orphan"):
+                sn.prepare("d", "img")
+        sn.prepare("d", "img")
+        assert sn.pool_check().ok

@@ -29,10 +29,17 @@ from .._sys import mounts as sysmount
 from .._sys.probe import is_root
 from ..units import parse_size
 from .._sys.fs import make_base_ext4, require_binary, run
+from ..thin.check import CheckReport
+from ..thin.records import Status
 from .base import BaseSnapshotter, Kind, Mount, Row, Usage
+from .capabilities import StoreSpace
 
 BASE_DEV = 0
 SECTOR = 512
+#: what :meth:`DmThinSnapshotter.pool_check` can and cannot say
+CHECK_NOTE = ("dm-thin: a live pool's metadata cannot be checked in place (thin_check needs it inactive); "
+              "this report is the kernel's own verdict from `dmsetup status` (needs_check flag, read-only or "
+              "failed mode). For a full check: close the store, then run thin_check on pool/metadata")
 
 
 def _dmsetup(*args: str, what: str) -> str:
@@ -54,6 +61,7 @@ class DmThinSnapshotter(BaseSnapshotter):
             raise errors.InvalidArgument(f"dmthin block_size {block_size!r}", "must be 64 KiB..1 GiB in steps of 64 KiB")
         self.tag = ""
         self.loops: list[str] = []
+        self.low_water = max(1, (self.data_size // self.block_size) // 20)  # data blocks (the table's argument)
         super().__init__(root)
 
     @classmethod
@@ -95,8 +103,7 @@ class DmThinSnapshotter(BaseSnapshotter):
                 data_dev = loop.attach(data, name=f"labkit-dmthin-{self.tag}")
                 self.loops.append(data_dev)
                 sectors = os.path.getsize(data) // SECTOR
-                low_water = max(1, (self.data_size // self.block_size) // 20)
-                table = (f"0 {sectors} thin-pool {meta_dev} {data_dev} {self.block_size // SECTOR} {low_water} "
+                table = (f"0 {sectors} thin-pool {meta_dev} {data_dev} {self.block_size // SECTOR} {self.low_water} "
                          f"1 skip_block_zeroing")
                 _dmsetup("create", self.pool_name, "--table", table, what=f"dm-thin pool {self.pool_name}")
             except BaseException:
@@ -192,6 +199,42 @@ class DmThinSnapshotter(BaseSnapshotter):
             if parts and int(parts[0]) == row.state["dev"]:
                 return Usage(parse_size(parts[1]), 0)
         return Usage(0, 0)
+
+
+    # -- abilities (labkit.snapshots.capabilities) -------------------------------------------------------
+    @classmethod
+    def options_for(cls, largest_image_bytes: int) -> dict[str, Any]:
+        """A pool of 4x the largest image (at least 2 GiB) and a base device of 4x (at least 1 GiB), as for
+        ``thin``; the default 128 MiB of metadata maps far more than that."""
+        return {"data_size": max(4 * largest_image_bytes + (1 << 30), 2 << 30),
+                "base_size": max(4 * largest_image_bytes, 1 << 30)}
+
+    def pool_status(self) -> Status:
+        """The kernel's status of the pool, parsed from ``dmsetup status <pool>`` (``low_water`` from the
+        table's low-water mark; ``queued_io`` is not visible and stays False)."""
+        line = _dmsetup("status", self.pool_name, what=f"dm-thin pool {self.pool_name}")
+        return Status.parse(line, low_water_mark=self.low_water)
+
+    def store_space(self) -> StoreSpace:
+        """Data blocks the kernel's pool has allocated (``dmsetup status``), in bytes, of its data size."""
+        st = self.pool_status()
+        return StoreSpace(st.used_data_blocks * self.block_size, st.total_data_blocks * self.block_size,
+                          "data blocks allocated in the kernel's thin pool (dmsetup status)")
+
+    def pool_check(self) -> CheckReport:
+        """The kernel's verdict on its pool, not a recount: ``ok`` unless ``needs_check`` is set or the pool
+        is read-only or failed; :data:`CHECK_NOTE` (in ``notes``) says why and how to check fully."""
+        try:
+            st = self.pool_status()
+        except errors.FailedPrecondition as e:  # "Fail"
+            return CheckReport(ok=False, problems=[str(e)], notes=[CHECK_NOTE])
+        problems = []
+        if st.needs_check:
+            problems.append("the kernel set needs_check on the pool's metadata")
+        if st.mode == "read_only":
+            problems.append("the pool is read-only after a metadata error")
+        return CheckReport(ok=not problems, problems=problems, transaction_id=st.transaction_id,
+                           free_metadata_blocks=st.total_metadata_blocks - st.used_metadata_blocks, notes=[CHECK_NOTE])
 
 
 @collector(order=leftovers.DEVICE_MAPPER)

@@ -7,8 +7,14 @@ hands back an ``ext4`` mount of it through a loop device over the daemon's FUSE 
 declares the active device committed; ``remove`` deletes the device and its exclusive blocks go back to
 the pool. A view is a snapshot mounted read-only.
 
-Layout under the backend root: ``pool/`` (data, metadata, the daemon's control socket and log) and
-``dev/`` (the FUSE mount: one file per device). Device ids are the snapshots' metadata ids; the base is 0.
+Layout under the backend root: ``pool/`` (data, metadata, ``ctl/`` with the daemon's socket, its log),
+``dev/`` (the FUSE mount: one file per device) and ``thin.lock`` (taken while a store is set up). Device ids
+are the snapshots' metadata ids; the base is 0. A device left by a process that died between creating it
+and committing its snapshot row (whose id is then reused) is found and deleted by the next ``prepare``.
+
+The pool's daemon is shared by every process using the store and outlives them while devices are mounted;
+``close()`` lets go of this process's loop devices and never waits for the daemon (see
+:mod:`labkit.thin.client`).
 
 Usage is exact at the block level: the pool's exclusive blocks of the device times the block size
 (thin_ls's EXCLUSIVE_BLOCKS). Inodes are not visible at the block layer; ``inodes`` is the number of
@@ -20,20 +26,26 @@ inodes the snapshot's ext4 uses beyond its parent's (statfs while mounted, the s
 """
 from __future__ import annotations
 
+import fcntl
+import json
+import logging
 import os
 from typing import Any
 
 from .. import errors
 from .._sys import mounts as sysmount
-from .._sys.probe import has_filesystem, is_root
-from ..units import parse_size
 from .._sys.fs import make_base_ext4, require_binary
+from .._sys.probe import has_filesystem, is_root
 from ..thin.check import CheckReport
+from ..thin.client import PoolClient
+from ..thin.pool import Pool
 from ..thin.records import Status
+from ..units import parse_size
 from .base import BaseSnapshotter, Kind, Mount, Row, Usage
 from .capabilities import SnapshotBlock, StoreSpace
 
 BASE_DEV = 0
+log = logging.getLogger("labkit.snapshots.thin")
 
 
 def _fuse_reason() -> str | None:
@@ -62,7 +74,8 @@ class ThinSnapshotter(BaseSnapshotter):
             raise errors.InvalidArgument(f"thin base_size {base_size!r}", "is below 64 MiB", fix="give e.g. '10G'")
         self.mount_options = mount_options
         self.idle = idle
-        self.client = None
+        self.client: PoolClient | None = None
+        self._block_bytes = parse_size(block_size, what="thin pool block_size")
         super().__init__(root)
 
     @classmethod
@@ -73,94 +86,132 @@ class ThinSnapshotter(BaseSnapshotter):
 
     # -- pool and base device -------------------------------------------------------------------
     def _open(self) -> None:
-        from ..thin.client import PoolClient
-        from ..thin.pool import Pool
-
         pool_path = os.path.join(self.root, "pool")
-        if not os.path.exists(os.path.join(pool_path, "metadata")):
-            Pool.create(pool_path, data_size=self.data_size, block_size=self.block_size).close()
-        self.client = PoolClient(pool_path, os.path.join(self.root, "dev"), idle=self.idle)
-        if BASE_DEV not in self.client.call("devices"):
-            self._make_base()
+        client = PoolClient(pool_path, os.path.join(self.root, "dev"), idle=self.idle)
+        # two processes opening a new store at once: one makes the pool and the base device, the other waits
+        lock = os.open(os.path.join(self.root, "thin.lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                       0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not os.path.exists(os.path.join(pool_path, "metadata")):
+                Pool.create(pool_path, data_size=self.data_size, block_size=self.block_size).close()
+            self.client = client
+            if BASE_DEV not in client.devices():
+                self._make_base()
+            self._block_bytes = client.block_size  # the pool's own, whatever this opener was given
+        except BaseException:
+            self.client = None
+            client.close()
+            raise
+        finally:
+            os.close(lock)
+
+    def _pool(self) -> PoolClient:
+        if self.client is None:
+            raise errors.FailedPrecondition(f"thin snapshotter at {self.root}", "is closed", fix="open a new one")
+        return self.client
 
     def _make_base(self) -> None:
         """Device 0: an empty ext4 of ``base_size`` with a 0755 root and no lost+found."""
-        assert self.client is not None
-        self.client.call("create_thin", BASE_DEV, self.base_size)
+        c = self._pool()
+        c.create_thin(BASE_DEV, self.base_size)
         try:
-            dev = self.client.attach(BASE_DEV)
+            dev = c.attach(BASE_DEV)
             make_base_ext4(dev, self.root, what=f"thin base device of {self.root}")
-            self.client.detach(BASE_DEV)
+            c.detach(BASE_DEV)
         except BaseException:
-            self.client.detach(BASE_DEV)
-            self.client.call("delete", BASE_DEV)
+            c.detach(BASE_DEV)
+            c.delete(BASE_DEV)
             raise
-        self.client.call("commit")
+        c.commit()
 
     def _close(self) -> None:
-        if self.client is None:
+        """Let go of this process's loop devices (the kernel drops each one nobody else uses; a mounted
+        one stays with its mount), ask the daemon to stop if nothing else uses it, disconnect. Never waits
+        on a daemon that still serves open devices or other clients: it stops by itself when idle."""
+        c, self.client = self.client, None
+        if c is None:
             return
-        # detach every loop device of this pool that is no longer mounted; then let the daemon go
-        for row in self.db.execute("SELECT id FROM snapshots").fetchall():
-            dev = self.client.loop_of(row[0])
-            if dev and not _loop_mounted(dev):
-                self.client.detach(row[0])
-        self.client.stop()
-        self.client.close()
+        try:
+            if self.idle >= 0:
+                c.stop()
+        except (errors.LabkitError, OSError) as e:  # the daemon stops by itself when idle anyway
+            log.warning("closing thin store %s: could not ask its daemon to stop: %s", self.root, e)
+        finally:
+            c.close()
 
     # -- hooks -------------------------------------------------------------------------------------
     def _create(self, row: Row, chain: list[Row]) -> dict[str, Any] | None:
-        assert self.client is not None
+        c = self._pool()
         origin = chain[0].state["dev"] if chain else BASE_DEV
-        self.client.call("create_snap", row.id, origin)
+        try:
+            c.create_snap(row.id, origin)
+        except errors.AlreadyExists:
+            self._drop_orphan(row.id)
+            c.create_snap(row.id, origin)
         return {"dev": row.id}
 
+    def _drop_orphan(self, dev_id: int) -> None:
+        """Device ``dev_id`` exists but no snapshot row claims it: a process died after creating it and
+        before its metadata transaction committed (the row, and the id, were rolled back and are being
+        reused). Delete it so the id can be used; refuse if it is still mounted."""
+        c = self._pool()
+        for rid, state in self.db.execute("SELECT id, state FROM snapshots WHERE id != ?", (dev_id,)):
+            if json.loads(state).get("dev") == dev_id:
+                raise errors.AlreadyExists(f"thin device {dev_id} of {self.root}", f"belongs to snapshot row {rid}",
+                                           fix="run `labkit gc` and check the store's metadata")
+        loopdev = c.loop_of(dev_id)
+        where = Mount("ext4", loopdev).targets() if loopdev else []
+        if where:
+            raise errors.FailedPrecondition(f"orphan thin device {dev_id} of {self.root}", f"is mounted at {where[0]}",
+                                            fix="unmount it (or run `labkit gc`) and retry")
+        log.warning("thin device %d of %s belongs to no snapshot (left by a process that died mid-prepare): "
+                    "deleting it", dev_id, self.root)
+        c.detach(dev_id)
+        c.delete(dev_id)
+
     def _mount(self, row: Row, chain: list[Row]) -> Mount:
-        assert self.client is not None
-        loopdev = self.client.attach(row.state["dev"])
+        loopdev = self._pool().attach(row.state["dev"])
         opts = [o for o in self.mount_options.split(",") if o]
         if row.kind is Kind.VIEW:
             opts = ["ro", "noload", *opts]
         return Mount("ext4", loopdev, tuple(opts))
 
     def _mounted_at(self, row: Row, chain: list[Row]) -> list[str]:
-        assert self.client is not None
-        loopdev = self.client.loop_of(row.state.get("dev", -1))
+        loopdev = self._pool().loop_of(row.state.get("dev", -1))
         return Mount("ext4", loopdev).targets() if loopdev else []
 
     def _commit(self, row: Row, chain: list[Row]) -> dict[str, Any] | None:
-        assert self.client is not None
-        self.client.detach(row.state["dev"])
-        self.client.call("commit")
+        c = self._pool()
+        c.detach(row.state["dev"])
+        c.commit()
         return None
 
     def _remove(self, row: Row) -> None:
-        assert self.client is not None
+        c = self._pool()
         dev = row.state.get("dev")
         if dev is None:
             return
-        self.client.detach(dev)
-        if dev in self.client.call("devices"):
-            self.client.call("delete", dev)
+        c.detach(dev)
+        if dev in c.devices():
+            c.delete(dev)
 
     def _usage(self, row: Row, chain: list[Row]) -> Usage:
-        assert self.client is not None
-        u = self.client.call("usage", row.state["dev"])
-        bs = parse_size(self.block_size)
+        u = self._pool().usage(row.state["dev"])
         parent = chain[0].state["dev"] if chain else BASE_DEV
         inodes = max(0, self._used_inodes(row.state["dev"]) - self._used_inodes(parent))
-        return Usage(u["exclusive_blocks"] * bs, inodes)
+        return Usage(u.exclusive_blocks * self.block_bytes, inodes)
 
     def _used_inodes(self, dev_id: int) -> int:
         """Inodes in use on the device's ext4: live from statfs when mounted, else from its superblock."""
-        assert self.client is not None
-        loopdev = self.client.loop_of(dev_id)
+        c = self._pool()
+        loopdev = c.loop_of(dev_id)
         if loopdev:
             for m in sysmount.mountinfo():
                 if m.source == loopdev:
                     st = os.statvfs(m.target)
                     return st.f_files - st.f_ffree
-        with open(self.client.device_file(dev_id), "rb") as f:
+        with open(c.device_file(dev_id), "rb") as f:
             sb = f.read(2048)[1024:]
         total, free = int.from_bytes(sb[0:4], "little"), int.from_bytes(sb[16:20], "little")
         return total - free
@@ -174,8 +225,8 @@ class ThinSnapshotter(BaseSnapshotter):
 
     @property
     def block_bytes(self) -> int:
-        """The pool's data block size in bytes."""
-        return parse_size(self.block_size)
+        """The pool's data block size in bytes (the pool's own, read when the store was opened)."""
+        return self._block_bytes
 
     def store_space(self) -> StoreSpace:
         """Data blocks the pool has allocated, in bytes, of the pool's data size."""
@@ -185,34 +236,23 @@ class ThinSnapshotter(BaseSnapshotter):
 
     def pool_status(self) -> Status:
         """The pool's status (``str()``: the dm-thin status line; ``.explain()``: the line in words)."""
-        assert self.client is not None
-        d = dict(self.client.call("status"))
-        d.pop("line", None)
-        return Status(**d)
+        return self._pool().status()
 
     def pool_check(self) -> CheckReport:
-        """The pool's consistency check (``ok``, ``problems``)."""
-        assert self.client is not None
-        return CheckReport(**self.client.call("check"))
+        """The pool's consistency check (``ok``, ``problems``), done by its daemon."""
+        return self._pool().check()
 
     def block_map(self, key: str) -> list[SnapshotBlock]:
-        """Per virtual block of ``key``'s device, up to its last mapped block: data block and sharers."""
-        assert self.client is not None
-        with self._lock:
-            devs = {i.name: self._get(i.name).state.get("dev") for i in self.walk()}
+        """Per virtual block of ``key``'s device, up to its last mapped block: data block and sharers
+        (other snapshots, oldest first). One request to the daemon, whatever the number of snapshots."""
+        c = self._pool()
+        rows = self.db.execute("SELECT id, name, state FROM snapshots ORDER BY id").fetchall()
+        devs = {name: json.loads(state).get("dev") for _id, name, state in rows}
         if key not in devs:
             raise errors.NotFound(f"snapshot {key!r}", fix="list snapshots with walk()")
-        owners: dict[int, list[str]] = {}
-        for name, dev in devs.items():            # walk() is oldest first: sharers come out oldest first
-            if name == key or dev is None:
-                continue
-            for _vb, db in self.client.call("mappings", dev):
-                owners.setdefault(db, []).append(name)
-        mine = {vb: db for vb, db in self.client.call("mappings", devs[key])}
+        if devs[key] is None:
+            return []
+        names = {dev: name for name, dev in devs.items() if dev is not None and name != key}
+        mine = {vb: (db, tuple(names[o] for o in others if o in names)) for vb, db, others in c.sharing(devs[key])}
         last = max(mine, default=-1)
-        return [SnapshotBlock(vb, mine.get(vb), tuple(owners.get(mine[vb], ())) if vb in mine else ())
-                for vb in range(last + 1)]
-
-
-def _loop_mounted(dev: str) -> bool:
-    return any(m.source == dev for m in sysmount.mountinfo())
+        return [SnapshotBlock(vb, *mine[vb]) if vb in mine else SnapshotBlock(vb, None) for vb in range(last + 1)]

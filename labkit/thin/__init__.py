@@ -2,7 +2,9 @@
 
 A :class:`Pool` is a directory with a data file and a metadata file. Thin devices map virtual blocks to
 data blocks through reference-counted copy-on-write B-trees; snapshots share their origin's tree; the
-metadata is committed in two phases so that a crash reopens to the last commit. See docs/thin-pool.md.
+metadata is committed in two phases so that a crash reopens to the last commit. A :class:`PoolClient`
+offers the same methods through the pool's daemon, which exports the devices over FUSE for loop devices.
+See docs/thin-pool.md.
 
 >>> import tempfile, os
 >>> from labkit.thin import Pool
@@ -17,8 +19,9 @@ metadata is committed in two phases so that a crash reopens to the last commit. 
 from __future__ import annotations
 
 from .check import CheckReport
+from .client import DaemonInfo, PoolClient
 from .metadata import MetadataError
 from .pool import BlockInfo, Device, DeviceDetails, Pool, PoolFull, Status, Usage
 
 __all__ = ["Pool", "Device", "DeviceDetails", "Status", "Usage", "BlockInfo", "CheckReport", "PoolFull",
-           "MetadataError"]
+           "MetadataError", "PoolClient", "DaemonInfo"]

@@ -16,19 +16,25 @@ from __future__ import annotations
 
 from array import array
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Mapping
 
-from .metadata import KIND_DEVICES, KIND_MAPPING, MetadataError
+from .btree import items
+from .metadata import KIND_DEVICES, KIND_MAPPING, MetadataError, Superblock, TransactionManager
+from .records import DeviceDetails
 
-if TYPE_CHECKING:
-    from .pool import Pool
+__all__ = ["CheckReport", "check_metadata"]
 
 MAX_PROBLEMS = 200
 
 
 @dataclass
 class CheckReport:
-    """What :meth:`Pool.check` found. ``ok`` is True when ``problems`` is empty."""
+    """What :meth:`Pool.check` found. ``ok`` is True when ``problems`` is empty; ``notes`` say what was
+    not (or could not be) checked, e.g. for the kernel's pool (``dmthin``).
+
+    >>> print(CheckReport(notes=["only the status line was read"]).ok)
+    True
+    """
 
     ok: bool = True
     problems: list[str] = field(default_factory=list)
@@ -37,6 +43,7 @@ class CheckReport:
     nr_nodes: int = 0
     nr_mappings: int = 0
     free_metadata_blocks: int = 0
+    notes: list[str] = field(default_factory=list)
 
     def problem(self, text: str) -> None:
         self.ok = False
@@ -48,15 +55,16 @@ class CheckReport:
                  "examining superblock", "examining devices tree", "examining mapping tree",
                  "checking space map counts"]
         lines += [f"  {p}" for p in self.problems]
+        lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
 
-def check_pool(pool: "Pool") -> CheckReport:
-    """Check ``pool``'s current state (committed plus the open transaction)."""
-    pool._sync_devices()
-    tm = pool.tm
+def check_metadata(tm: TransactionManager, sb: Superblock, devices: Mapping[int, DeviceDetails]) -> CheckReport:
+    """Check the metadata reachable from ``sb`` (its device tree must already hold ``devices``, the
+    pool's own view of its devices) against the space maps of ``tm``: the pool's current state,
+    committed plus the open transaction. :meth:`labkit.thin.Pool.check` is the way in."""
     msm, dsm = tm.meta_sm, tm.data_sm
-    rep = CheckReport(transaction_id=pool.sb.transaction_id, free_metadata_blocks=msm.nr_free)
+    rep = CheckReport(transaction_id=sb.transaction_id, free_metadata_blocks=msm.nr_free)
     exp_meta = array("I", bytes(4 * msm.nr_blocks))
     exp_data = array("I", bytes(4 * dsm.nr_blocks))
 
@@ -131,15 +139,14 @@ def check_pool(pool: "Pool") -> CheckReport:
         entries[b] = (total, height)
         return entries[b]
 
-    visit(pool.sb.device_root, KIND_DEVICES, "device tree", 0, None)
-    if rep.nr_devices != len(pool._devs):
-        rep.problem(f"device tree holds {rep.nr_devices} devices, the pool knows {len(pool._devs)}")
-    for dev_id, d in pool._devs.items():
+    visit(sb.device_root, KIND_DEVICES, "device tree", 0, None)
+    if rep.nr_devices != len(devices):
+        rep.problem(f"device tree holds {rep.nr_devices} devices, the pool knows {len(devices)}")
+    for dev_id, d in devices.items():
         r = entries.get(d.root)
         if r is not None:
             rep.nr_mappings += r[0]
-            last = -(-d.virtual_size // pool.block_size)
-            from .btree import items
+            last = -(-d.virtual_size // sb.data_block_size)
             hi = None
             for k, _v in items(tm, d.root, last):
                 hi = k

@@ -12,16 +12,20 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Callable, TypeVar
 
 from ..errors import FailedPrecondition, InvalidArgument
+from .client import PoolClient
+from .pool import Pool
+
+T = TypeVar("T")
 
 LS_FIELDS = ("DEV", "MAPPED_BLOCKS", "EXCLUSIVE_BLOCKS", "SHARED_BLOCKS", "MAPPED", "EXCLUSIVE", "SHARED",
              "TRANSACTION", "CREATE_TIME", "SNAP_TIME")
 LS_DEFAULT = "DEV,MAPPED,CREATE_TIME,SNAP_TIME"  # thin_ls's default columns
 
 
-def _open(path: str):
-    from .pool import Pool
+def _open(path: str) -> Pool:
     # no time-based commits: these commands only read
     return Pool.open(path, commit_interval=None)
 
@@ -41,18 +45,16 @@ def disk_unit(nbytes: int) -> str:
     return f"{text}{units[i]}"
 
 
-def _ask_daemon(path: str, op: str):
-    """The answer of the daemon that holds the pool open (None when no daemon serves it)."""
-    from .client import PoolClient
+def _ask_daemon(path: str, ask: Callable[[PoolClient], T]) -> T | None:
+    """``ask(client)`` of the daemon that holds the pool open; None when no daemon serves it (none is
+    started: these commands only look)."""
     c = PoolClient(path, os.path.join(os.path.dirname(os.path.abspath(path)), "dev"))
-    if not c._connect():
-        return None
     try:
-        with c._lock:
-            reply = c._call_raw(op)
+        if not c.connect(start=False):
+            return None
+        return ask(c)
     finally:
         c.close()
-    return reply.get("ok")
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -60,11 +62,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     try:
         pool = _open(args.path)
     except FailedPrecondition:
-        rep = _ask_daemon(args.path, "check")  # a running daemon holds it: let it check its own pool
+        rep = _ask_daemon(args.path, PoolClient.check)  # a running daemon holds it: let it check its own pool
         if rep is None:
             raise
-        print("checked by the pool's daemon:", "ok" if rep["ok"] else "\n".join(rep["problems"]))
-        return 0 if rep["ok"] else 1
+        print("checked by the pool's daemon:")
+        print(rep)
+        return 0 if rep.ok else 1
     with pool:
         rep = pool.check()
     print(rep)
@@ -76,33 +79,44 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         pool = _open(args.path)
     except FailedPrecondition:
-        st = _ask_daemon(args.path, "status")
+        st = _ask_daemon(args.path, PoolClient.status)
         if st is None:
             raise
-        print(st["line"])
+        print(st)
         return 0
     with pool:
         print(pool.status())
     return 0
 
 
+def _ls_rows(src: Pool | PoolClient, fields: list[str], headers: bool) -> list[list[str]]:
+    bs = src.block_size
+    rows = [fields] if headers else []
+    for dev_id, u in src.usages().items():
+        d = src.details(dev_id)
+        val = {"DEV": dev_id, "MAPPED_BLOCKS": u.mapped_blocks, "EXCLUSIVE_BLOCKS": u.exclusive_blocks,
+               "SHARED_BLOCKS": u.shared_blocks, "MAPPED": disk_unit(u.mapped_blocks * bs),
+               "EXCLUSIVE": disk_unit(u.exclusive_blocks * bs), "SHARED": disk_unit(u.shared_blocks * bs),
+               "TRANSACTION": d.transaction_id, "CREATE_TIME": d.creation_time, "SNAP_TIME": d.snap_time}
+        rows.append([str(val[f]) for f in fields])
+    return rows
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
-    """List devices like thin_ls (right-justified columns)."""
+    """List devices like thin_ls (right-justified columns), asking the pool's daemon when one holds it."""
     fields = [f.strip() for f in args.format.split(",") if f.strip()]
     bad = [f for f in fields if f not in LS_FIELDS]
     if bad:
         raise InvalidArgument(f"thin ls field {bad[0]!r}", "is unknown", fix=f"choose from {','.join(LS_FIELDS)}")
-    with _open(args.path) as pool:
-        bs = pool.block_size
-        usages = pool.usages()
-        rows = [] if args.no_headers else [fields]
-        for dev_id, u in usages.items():
-            d = pool.details(dev_id)
-            val = {"DEV": dev_id, "MAPPED_BLOCKS": u.mapped_blocks, "EXCLUSIVE_BLOCKS": u.exclusive_blocks,
-                   "SHARED_BLOCKS": u.shared_blocks, "MAPPED": disk_unit(u.mapped_blocks * bs),
-                   "EXCLUSIVE": disk_unit(u.exclusive_blocks * bs), "SHARED": disk_unit(u.shared_blocks * bs),
-                   "TRANSACTION": d.transaction_id, "CREATE_TIME": d.creation_time, "SNAP_TIME": d.snap_time}
-            rows.append([str(val[f]) for f in fields])
+    try:
+        pool = _open(args.path)
+    except FailedPrecondition:
+        rows = _ask_daemon(args.path, lambda c: _ls_rows(c, fields, not args.no_headers))
+        if rows is None:
+            raise
+    else:
+        with pool:
+            rows = _ls_rows(pool, fields, not args.no_headers)
     widths = [max((len(r[i]) for r in rows), default=0) for i in range(len(fields))]
     for r in rows:
         print("".join(c.rjust(w) + " " for c, w in zip(r, widths)))
@@ -110,7 +124,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_dump(args: argparse.Namespace) -> int:
-    """Write thin_dump XML to stdout or ``-o FILE``."""
+    """Write thin_dump XML to stdout or ``-o FILE`` (the pool must not be held by a daemon)."""
     with _open(args.path) as pool:
         if args.output:
             with open(args.output, "w") as f:

@@ -1,20 +1,25 @@
 """The pool daemon: one process per pool that owns it, exports its devices over FUSE and takes requests.
 
-Run as ``python -m labkit.thin.daemon POOL MOUNTPOINT`` (the client starts it on demand, detached, in its
-own session). It
+:class:`labkit.thin.client.PoolClient` starts it on demand, isolated from the caller (``python -I``,
+cwd ``/``, a minimal environment, stdin ``/dev/null``, its own session). It
 
-* opens the pool (nobody else may while it runs: a pool has one writer, as dm-thin has one kernel);
-* serves a small JSON-lines protocol on an abstract unix socket named after the pool — ``ping``, ``create_thin``,
-  ``create_snap``, ``delete``, ``devices``, ``usage``, ``status``, ``commit``, ``mappings``, ``block_map``,
-  ``check``, ``size``,
-  ``stop`` — answering ``{"ok": result}`` or ``{"error": {"type": ..., "message": ...}}``;
+* opens the pool, waiting up to ``--lock-wait`` seconds for a previous daemon that is still shutting
+  down (a pool has one writer, as dm-thin has one kernel: the pool's ``flock`` decides who owns it);
+* serves the JSON-lines protocol of :mod:`labkit.thin.wire` on ``<pool>/ctl/sock`` to root only (mode
+  0700 directory plus ``SO_PEERCRED``), at most :data:`~labkit.thin.wire.MAX_CLIENTS` connections at once,
+  requests of at most :data:`~labkit.thin.wire.MAX_LINE` bytes. Operations: ``ping``, ``devices``,
+  ``create_thin``, ``create_snap``, ``delete``, ``commit``, ``status``, ``usage``, ``usages``,
+  ``mappings``, ``sharing``, ``block_map``, ``details``, ``check``, ``stop``;
 * mounts :class:`labkit.thin.exportfs.PoolFS` at MOUNTPOINT and runs the FUSE loop in the main thread;
 * stops by itself once no device file is open (no loop device attached) and no client is connected for
-  ``--idle`` seconds, or on ``stop``/SIGTERM: it unmounts, commits and closes the pool.
+  ``--idle`` seconds (``-1``: never), at once when idle after a ``stop`` request, or on SIGTERM. Stopping
+  first removes the socket (new clients start a new daemon, which waits for the pool), then unmounts,
+  commits and closes the pool.
 
-Its process name is ``labkit-thin`` and its command line names the pool, so ``labkit gc`` can find it.
+Its process name is ``labkit-thin`` and its command line names the pool after the word
+``labkit.thin.daemon``, so ``labkit gc`` can find it.
 
->>> # python -m labkit.thin.daemon /var/lib/labkit/snapshots/thin/pool /var/lib/labkit/snapshots/thin/dev
+>>> # python -I -c '...' labkit.thin.daemon /var/lib/labkit/snapshots/thin/pool /var/lib/labkit/snapshots/thin/dev
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ import errno
 import json
 import logging
 import os
+import select
 import signal
 import socket
 import sys
@@ -35,148 +41,275 @@ from typing import Any
 import mfusepy
 
 from .. import errors
+from .._sys import loop
 from .._sys import mounts as sysmount
+from . import wire
 from .exportfs import PoolFS, mount_options
 from .pool import Pool
 
 log = logging.getLogger("labkit.thin.daemon")
 
-
-def socket_address(pool_path: str) -> str:
-    """The daemon's abstract unix socket (Linux): no file, no 108-byte path limit, gone when it dies."""
-    import hashlib
-    return "\0labkit-thin-" + hashlib.sha1(os.path.abspath(pool_path).encode()).hexdigest()[:20]
+#: seconds a ``stop`` request waits for device files that are closing (loop devices being torn down)
+STOP_GRACE = 1.0
+#: requests that change the pool; they commit before they answer, so they are durable when they return
+_CHANGING = ("create_thin", "create_snap", "delete")
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
 
 class Daemon:
     """The pool's owner: a control server thread beside the FUSE loop."""
 
-    def __init__(self, pool_path: str, mountpoint: str, *, idle: float = 2.0) -> None:
+    def __init__(self, pool_path: str, mountpoint: str, *, idle: float = 2.0, lock_wait: float = 30.0) -> None:
         self.pool_path = os.path.abspath(pool_path)
         self.mountpoint = os.path.abspath(mountpoint)
         self.idle = idle
-        self.pool = Pool.open(self.pool_path)
+        self.pool = Pool.open(self.pool_path, lock_wait=lock_wait)
         self.ready = threading.Event()
         self.stopping = threading.Event()
+        self.stop_when_idle = False
         self.clients = 0
         self._clients_lock = threading.Lock()
         self.fs = PoolFS(self.pool, on_ready=self.ready.set)
-        self.sock_path = socket_address(self.pool_path)
+        self._ctl_fd = -1
+        self._sock_ino: int | None = None
+        self._parked: list[Any] = []  # connections of clients waiting for this process to end
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
 
     # -- control server -----------------------------------------------------------------------
+    def _busy(self) -> bool:
+        return self.fs.open_count() > 0 or self.clients > 0 or not self.ready.is_set()
+
     def _serve(self, server: socket.socket) -> None:
-        server.settimeout(0.2)
+        server.setblocking(False)
         last_busy = time.monotonic()
-        while not self.stopping.is_set():
+        try:
+            while not self.stopping.is_set():
+                readable, _, _ = select.select([server, self._wake_r], [], [], 0.2)
+                if self._wake_r in readable:
+                    break
+                try:
+                    conn, _ = server.accept()
+                    conn.setblocking(True)
+                except (BlockingIOError, InterruptedError):
+                    if self._busy():
+                        last_busy = time.monotonic()
+                    elif self.stop_when_idle or (self.idle >= 0 and time.monotonic() - last_busy > self.idle):
+                        log.info("idle: stopping")
+                        self.stop()
+                    continue
+                except OSError:
+                    break
+                last_busy = time.monotonic()
+                self._admit(conn)
+        finally:
+            server.close()  # connections still in the backlog are reset: their clients retry
+
+    def _admit(self, conn: socket.socket) -> None:
+        try:
+            pid, uid, _gid = wire.peer_cred(conn)
+        except OSError:
+            conn.close()
+            return
+        if not wire.allowed_uid(uid):
+            log.warning("refused a connection from pid %d uid %d", pid, uid)
+            conn.close()  # no answer at all
+            return
+        with self._clients_lock:
+            full = self.clients >= wire.MAX_CLIENTS
+            if not full:
+                self.clients += 1  # counted before the thread runs: the idle check must see it
+                self.stop_when_idle = False
+        if full:
+            err = errors.FailedPrecondition(f"thin pool daemon for {self.pool_path}",
+                                            f"serves {wire.MAX_CLIENTS} clients already",
+                                            fix="close other snapshotters of this store (notebooks, CLIs) and retry")
             try:
-                conn, _ = server.accept()
-            except socket.timeout:
-                busy = self.fs.open_count() > 0 or self.clients > 0 or not self.ready.is_set()
-                if busy:
-                    last_busy = time.monotonic()
-                elif self.idle >= 0 and time.monotonic() - last_busy > self.idle:
-                    log.info("idle for %.1fs: stopping", self.idle)
-                    self.stop()
-                continue
-            last_busy = time.monotonic()
-            threading.Thread(target=self._client, args=(conn,), daemon=True).start()
+                conn.settimeout(1.0)
+                conn.sendall(wire.encode({"error": wire.encode_error(err)}))
+            except OSError:
+                pass
+            conn.close()
+            return
+        threading.Thread(target=self._client, args=(conn,), daemon=True, name=f"client-{pid}").start()
 
     def _client(self, conn: socket.socket) -> None:
-        with self._clients_lock:
-            self.clients += 1
+        keep_open = False
         try:
-            with conn, conn.makefile("rwb") as f:
-                for line in f:
-                    reply = self._handle(json.loads(line))
-                    stop = reply.pop("stop", False)
-                    f.write(json.dumps(reply).encode() + b"\n")
+            f = conn.makefile("rwb")
+            while True:
+                line = wire.read_line(f)
+                if line == b"":
+                    break
+                if line is None:
+                    err = errors.InvalidArgument("thin pool daemon request", f"is longer than {wire.MAX_LINE} bytes",
+                                                 fix="send smaller requests")
+                    log.warning("dropped a client: request longer than %d bytes", wire.MAX_LINE)
+                    f.write(wire.encode({"error": wire.encode_error(err)}))
                     f.flush()
-                    if stop:  # answer first: stopping ends the process soon after the FUSE loop returns
-                        self.stop()
-                        break
+                    break
+                reply = self._handle(line)
+                stop = reply.pop("_stop", False)
+                f.write(wire.encode(reply))
+                f.flush()
+                if stop:
+                    # answer first, stop, and leave this connection open: the client sees it close when
+                    # this process exits, after the unmount and the last commit
+                    keep_open = True
+                    self._parked.append((conn, f))
+                    self.stop()
+                    return
         except (OSError, ValueError):
             pass
         finally:
             with self._clients_lock:
                 self.clients -= 1
+            if not keep_open:
+                conn.close()
 
-    def _handle(self, req: dict[str, Any]) -> dict[str, Any]:
-        op, args = req.get("op"), req.get("args", [])
+    def _handle(self, line: bytes) -> dict[str, Any]:
         try:
-            if op == "ping":
-                return {"ok": {"ready": self.ready.is_set(), "pid": os.getpid(), "open": self.fs.open_count()}}
-            if op == "stop":
-                if self.fs.open_count() and not req.get("force"):
-                    raise errors.FailedPrecondition(
-                        f"thin pool daemon for {self.pool_path}", f"has {self.fs.open_count()} open devices",
-                        fix="unmount and detach them first (or labkit gc)")
-                return {"ok": None, "stop": True}
-            if op in ("create_thin", "create_snap", "delete", "commit"):
-                result = getattr(self.pool, op)(*args)
-                if op != "commit":
-                    self.pool.commit()  # metadata operations are durable when they return
-                return {"ok": result}
-            if op == "devices":
-                return {"ok": self.pool.devices()}
-            if op == "usage":
-                return {"ok": dataclasses.asdict(self.pool.usage(*args))}
-            if op == "size":
-                return {"ok": self.pool.device(*args).size}
-            if op == "status":
-                st = self.pool.status()
-                return {"ok": {"line": str(st), **dataclasses.asdict(st)}}
-            if op == "mappings":  # compact: only mapped blocks, [virtual block, data block]
-                return {"ok": [[vb, db] for vb, db, _ in self.pool.mappings(*args)]}
-            if op == "block_map":
-                return {"ok": [list(b) for b in self.pool.block_map(*args)]}
-            if op == "check":
-                return {"ok": dataclasses.asdict(self.pool.check())}
-            raise errors.InvalidArgument(f"daemon request {op!r}", "is unknown")
-        except errors.LabkitError as e:
-            return {"error": {"type": type(e).__name__, "message": str(e),
-                              "errno": getattr(e, "errno", None)}}
-        except OSError as e:
-            return {"error": {"type": "OSError", "message": str(e), "errno": e.errno}}
-        except Exception as e:  # a bug must not kill the daemon that holds the pool
-            log.exception("request %r failed", req)
-            return {"error": {"type": "LabkitError", "message": f"thin pool daemon: {type(e).__name__}: {e}"}}
+            try:
+                req = json.loads(line)
+            except ValueError:
+                raise errors.InvalidArgument("thin pool daemon request", "is not JSON") from None
+            if not isinstance(req, dict) or not isinstance(req.get("op"), str) or not isinstance(req.get("args", []), list):
+                raise errors.InvalidArgument("thin pool daemon request", "needs a string op and a list of args")
+            op, args = req["op"], req.get("args", [])
+            try:
+                return self._dispatch(op, args)
+            except TypeError as e:
+                raise errors.InvalidArgument(f"daemon request {op!r}", f"has wrong arguments ({e})") from None
+        except Exception as e:  # a bug or a bad request must not kill the daemon that holds the pool
+            if not isinstance(e, (errors.LabkitError, OSError)):
+                log.exception("request failed")
+            return {"error": wire.encode_error(e)}
+
+    def _dispatch(self, op: str, args: list[Any]) -> dict[str, Any]:
+        pool = self.pool
+        if op == "ping":
+            return {"ok": {"ready": self.ready.is_set(), "pid": os.getpid(), "open": self.fs.open_count(),
+                           "clients": self.clients, "block_size": pool.block_size,
+                           "nr_data_blocks": pool.nr_data_blocks}}
+        if op == "stop":
+            return self._stop_request()
+        if op in _CHANGING:
+            getattr(pool, op)(*args)
+            pool.commit()
+            return {"ok": None}
+        if op == "commit":
+            return {"ok": pool.commit()}
+        if op == "devices":
+            return {"ok": pool.devices()}
+        if op == "status":
+            return {"ok": dataclasses.asdict(pool.status())}
+        if op == "usage":
+            return {"ok": dataclasses.asdict(pool.usage(*args))}
+        if op == "usages":
+            return {"ok": {str(k): dataclasses.asdict(u) for k, u in pool.usages().items()}}
+        if op == "mappings":
+            return {"ok": pool.mappings(*args)}
+        if op == "sharing":
+            return {"ok": pool.sharing(*args)}
+        if op == "block_map":
+            return {"ok": [[b.state, b.data_block] for b in pool.block_map(*args)]}
+        if op == "details":
+            return {"ok": dataclasses.asdict(pool.details(*args))}
+        if op == "check":
+            return {"ok": dataclasses.asdict(pool.check())}
+        raise errors.InvalidArgument(f"daemon request {op!r}", "is unknown")
+
+    def _loops_mounted(self) -> bool:
+        """Whether a loop device over one of our device files is mounted (a container runs on it)."""
+        prefix = self.mountpoint + "/"
+        ours = {lp.dev for lp in loop.list_loops() if lp.backing_file.startswith(prefix)}
+        return bool(ours) and any(m.source in ours for m in sysmount.mountinfo())
+
+    def _stop_request(self) -> dict[str, Any]:
+        """``stop``: stop now if nothing else uses the daemon, else as soon as it is idle. Never refused."""
+        deadline = time.monotonic() + STOP_GRACE
+        while (self.fs.open_count() and self.clients <= 1 and not self._loops_mounted()
+               and time.monotonic() < deadline):
+            time.sleep(0.01)  # a just-released loop device lets go of its file a moment later
+        others, open_now = self.clients - 1, self.fs.open_count()
+        if others <= 0 and open_now == 0:
+            log.info("stop requested: stopping")
+            return {"ok": {"stopping": True, "open": 0, "clients": 0}, "_stop": True}
+        self.stop_when_idle = True
+        log.info("stop requested: %d open devices, %d other clients; stopping when idle", open_now, others)
+        return {"ok": {"stopping": False, "open": open_now, "clients": others}}
 
     # -- lifecycle ----------------------------------------------------------------------------
+    def _unlink_socket(self) -> None:
+        if self._ctl_fd < 0 or self._sock_ino is None:
+            return
+        try:
+            if os.stat(wire.SOCK, dir_fd=self._ctl_fd, follow_symlinks=False).st_ino == self._sock_ino:
+                os.unlink(wire.SOCK, dir_fd=self._ctl_fd)
+        except OSError:
+            pass
+        self._sock_ino = None
+
     def stop(self) -> None:
-        """Unmount the FUSE filesystem; the FUSE loop then returns and :meth:`run` closes the pool."""
+        """Remove the socket, then unmount the FUSE filesystem; the FUSE loop then returns and :meth:`run`
+        closes the pool."""
         if self.stopping.is_set():
             return
         self.stopping.set()
+        self._unlink_socket()
+        os.write(self._wake_w, b"x")  # the control thread closes the listener at once
         try:
             sysmount.umount(self.mountpoint)
         except OSError as e:
-            if e.errno == errno.EBUSY:
+            if e.errno == errno.EBUSY:  # a device is still open (stop by signal): serve it until it closes
                 sysmount.umount(self.mountpoint, sysmount.MNT_DETACH)
             elif e.errno != errno.EINVAL:
                 log.warning("unmount %s: %s", self.mountpoint, e)
 
+    def _wait_signals(self) -> None:
+        sig = signal.sigwait(_STOP_SIGNALS)
+        log.info("signal %d: stopping", sig)
+        self.stop()
+
+    def _clear_stale_mount(self) -> None:
+        """A FUSE mount of this pool left by a killed daemon ("transport endpoint is not connected")."""
+        fsname = mount_options(self.pool_path)["fsname"]
+        for m in sysmount.mountinfo():
+            if m.target == self.mountpoint and m.source == fsname:
+                log.info("detaching a stale mount of this pool at %s", self.mountpoint)
+                sysmount.umount(self.mountpoint, sysmount.MNT_DETACH)
+
     def run(self) -> int:
         """Serve until stopped; returns the exit code."""
         _set_name(b"labkit-thin")
-        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # the main thread sits in libfuse's loop, where a Python signal handler never runs: every thread
+        # (libfuse's too) inherits a blocked mask, and one thread takes the signals with sigwait
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        threading.Thread(target=self._wait_signals, daemon=True, name="signals").start()
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        t: threading.Thread | None = None
         try:
-            server.bind(self.sock_path)
-        except OSError as e:  # EADDRINUSE: another daemon already serves this pool
-            print(f"labkit-thin: pool {self.pool_path} already has a daemon ({e.strerror})", file=sys.stderr)
-            self.pool.close()
-            return 1
-        server.listen(16)
-        t = threading.Thread(target=self._serve, args=(server,), daemon=True, name="control")
-        t.start()
-        signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=self.stop).start())
-        os.makedirs(self.mountpoint, exist_ok=True)
-        try:
+            self._ctl_fd = wire.open_ctl_dir(self.pool_path, create=True)
+            try:  # we own the pool (its flock): a socket left here is a dead daemon's
+                os.unlink(wire.SOCK, dir_fd=self._ctl_fd)
+            except FileNotFoundError:
+                pass
+            server.bind(wire.sock_address(self._ctl_fd))
+            self._sock_ino = os.stat(wire.SOCK, dir_fd=self._ctl_fd, follow_symlinks=False).st_ino
+            server.listen(64)
+            t = threading.Thread(target=self._serve, args=(server,), daemon=True, name="control")
+            t.start()
+            self._clear_stale_mount()
+            os.makedirs(self.mountpoint, exist_ok=True)
             mfusepy.FUSE(self.fs, self.mountpoint, **mount_options(self.pool_path))
         finally:
             self.stopping.set()
-            t.join(timeout=2)
+            self._unlink_socket()
+            if t is not None:
+                t.join(timeout=2)
             server.close()
             self.pool.close()
+            if self._ctl_fd >= 0:
+                os.close(self._ctl_fd)
         return 0
 
 
@@ -188,18 +321,30 @@ def _set_name(name: bytes) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: ``python -m labkit.thin.daemon POOL MOUNTPOINT [--idle SECONDS]``."""
+    """Entry point: ``labkit.thin.daemon POOL MOUNTPOINT [--idle SECONDS] [--lock-wait SECONDS]``."""
     p = argparse.ArgumentParser(prog="labkit.thin.daemon")
     p.add_argument("pool")
     p.add_argument("mountpoint")
     p.add_argument("--idle", type=float, default=2.0, help="stop after this long unused (-1: never)")
+    p.add_argument("--lock-wait", type=float, default=30.0, help="wait this long for a previous daemon to let go")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s labkit-thin %(levelname)s %(message)s")
+    os.umask(0o077)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s labkit-thin[%(process)d] %(levelname)s %(message)s")
     try:
-        return Daemon(args.pool, args.mountpoint, idle=args.idle).run()
+        return Daemon(args.pool, args.mountpoint, idle=args.idle, lock_wait=args.lock_wait).run()
     except errors.LabkitError as e:
         print(f"labkit-thin: {e}", file=sys.stderr)
         return 1
+
+
+def serve_and_exit(argv: list[str]) -> None:
+    """What the client runs: :func:`main`, then exit at once (everything is closed and flushed by then;
+    skipping the interpreter's teardown makes a stop that a client waits for ~100 ms shorter)."""
+    code = main(argv)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

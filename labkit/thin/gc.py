@@ -1,6 +1,7 @@
-"""``labkit gc`` for the thin pool: daemons (``python -m labkit.thin.daemon POOL ...``) serving a pool
-inside the store, or, with ``everything``, any labkit pool daemon. Importing this module registers the
-collector.
+"""``labkit gc`` for the thin pool: daemons (root processes whose command line has the word
+``labkit.thin.daemon`` followed by the pool) serving a pool inside the store, or, with ``everything``, any
+labkit pool daemon. A process of another user is never taken for one, whatever its command line says.
+Importing this module registers the collector.
 
 >>> from labkit.thin.gc import daemon_leftovers
 >>> daemon_leftovers("/nonexistent/labkit-store", False)
@@ -30,6 +31,11 @@ def pool_daemons(root: str, everything: bool) -> list[tuple[int, str]]:
         except OSError:
             continue
         if "labkit.thin.daemon" not in argv:
+            continue
+        try:
+            if os.stat(f"/proc/{pid}").st_uid != os.geteuid():
+                continue  # anyone can name a process like ours: only our own user's are daemons
+        except OSError:
             continue
         at = argv.index("labkit.thin.daemon") + 1
         pool = argv[at] if at < len(argv) else ""

@@ -30,7 +30,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from ..errors import FailedPrecondition
-from .spacemap import CHUNK, SpaceMap
+from .spacemap import CHUNK, NoSpace, SpaceMap
 
 BLOCK = 4096
 SB_MAGIC = b"LKTHINSB"
@@ -233,7 +233,6 @@ class TransactionManager:
         return n
 
     def alloc_block(self) -> int:
-        from .spacemap import NoSpace
         try:
             return self.meta_sm.alloc()
         except NoSpace:

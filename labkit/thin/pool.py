@@ -21,20 +21,19 @@ import os
 import threading
 import time as _time
 import uuid as _uuid
-from typing import IO, TYPE_CHECKING, Any, Callable
+from typing import IO, Any, Callable, Iterator, Mapping
 
 from ..errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from ..units import parse_size
 from . import btree
+from .check import CheckReport, check_metadata
 from .metadata import (BLOCK, KIND_DEVICES, KIND_MAPPING, NEEDS_CHECK, MetadataError, NoMetadataSpace,
                        Superblock, TransactionManager, index_capacity, load_spacemap)
 from .records import DEVICE_WIDTH, BlockInfo, DeviceDetails, PoolFull, Status, Usage
 from .spacemap import NoSpace, SpaceMap
+from .xml import XmlDevice, XmlDeviceEnd, XmlMapping, XmlSuperblock, read_xml, write_xml
 
-if TYPE_CHECKING:
-    from .check import CheckReport
-
-__all__ = ["Pool", "Device", "PoolFull", "DeviceDetails", "Usage", "BlockInfo", "Status"]
+__all__ = ["Pool", "Device", "PoolFull", "DeviceDetails", "Usage", "BlockInfo", "Status", "CheckReport"]
 
 MIN_BLOCK = 64 << 10
 MAX_BLOCK = 1 << 30
@@ -69,7 +68,7 @@ class Pool:
 
     def __init__(self, path: str, *, low_water_mark: int | None = None, error_if_no_space: bool = True,
                  on_low_water: Callable[["Pool"], None] | None = None, commit_interval: float | None = 1.0,
-                 _create: dict | None = None) -> None:
+                 lock_wait: float = 0.0, _create: dict | None = None) -> None:
         self.path = os.path.abspath(path)
         self.low_water_mark = low_water_mark
         self.error_if_no_space = error_if_no_space
@@ -81,19 +80,19 @@ class Pool:
         data_path = os.path.join(self.path, DATA_FILE)
         if _create is None and not os.path.exists(meta_path):
             raise NotFound(f"thin pool '{self.path}'", fix="create it with Pool.create(path, data_size=...)")
-        self._mfd = os.open(meta_path, os.O_RDWR | (os.O_CREAT if _create else 0), 0o600)
+        try:  # creating: O_EXCL, so two creators of one path cannot format each other's pool
+            self._mfd = os.open(meta_path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+                                | (os.O_CREAT | os.O_EXCL if _create else 0), 0o600)
+        except FileExistsError:
+            raise AlreadyExists(f"thin pool '{self.path}'", fix="open it with Pool.open(path)") from None
         try:
-            self._dfd = os.open(data_path, os.O_RDWR | (os.O_CREAT if _create else 0), 0o600)
+            self._dfd = os.open(data_path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_CREAT if _create else 0),
+                                0o600)
         except BaseException:
             os.close(self._mfd)
             raise
         try:
-            try:  # like the kernel opening the metadata device O_EXCL: one writer at a time
-                fcntl.flock(self._mfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise FailedPrecondition(f"thin pool '{self.path}'", "is open in another process or handle",
-                                         fix="close it or stop its daemon (or ask the daemon through "
-                                             "labkit.thin.client) and retry") from None
+            self._lock_metadata(lock_wait)
             if _create is not None:
                 self._format(**_create)
             else:
@@ -101,6 +100,12 @@ class Pool:
         except BaseException:
             os.close(self._mfd)
             os.close(self._dfd)
+            if _create is not None:  # a half-formatted pool must not look like one
+                for name in (META_FILE, DATA_FILE):
+                    try:
+                        os.unlink(os.path.join(self.path, name))
+                    except OSError:
+                        pass
             raise
         self._closed = False
         self._out_of_space = False
@@ -108,6 +113,21 @@ class Pool:
         self._queued = False
         self._low_fired = False
         self._last_commit = _time.monotonic()
+
+    def _lock_metadata(self, wait: float) -> None:
+        """Like the kernel opening the metadata device O_EXCL: one writer at a time (waiting up to
+        ``wait`` seconds for another holder to let go)."""
+        deadline = _time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(self._mfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if _time.monotonic() >= deadline:
+                    raise FailedPrecondition(f"thin pool '{self.path}'", "is open in another process or handle",
+                                             fix="close it or stop its daemon (or ask the daemon through "
+                                                 "labkit.thin.client.PoolClient) and retry") from None
+                _time.sleep(0.02)
 
     # -- construction -----------------------------------------------------------------------
     @classmethod
@@ -151,14 +171,15 @@ class Pool:
     @classmethod
     def open(cls, path: str, *, low_water_mark: int | None = None, error_if_no_space: bool = True,
              on_low_water: Callable[["Pool"], None] | None = None,
-             commit_interval: float | None = 1.0) -> "Pool":
+             commit_interval: float | None = 1.0, lock_wait: float = 0.0) -> "Pool":
         """Open an existing pool at its last committed transaction.
 
         Raises :class:`NotFound` if there is no pool and :class:`~labkit.errors.FailedPrecondition`
-        (``MetadataError``) if the superblock or a space map is corrupt.
+        (``MetadataError``) if the superblock or a space map is corrupt, or if another process holds the
+        pool for longer than ``lock_wait`` seconds.
         """
         return cls(path, low_water_mark=low_water_mark, error_if_no_space=error_if_no_space,
-                   on_low_water=on_low_water, commit_interval=commit_interval)
+                   on_low_water=on_low_water, commit_interval=commit_interval, lock_wait=lock_wait)
 
     def _format(self, nr_data: int, bs: int, nr_meta: int, cap: int) -> None:
         os.ftruncate(self._dfd, nr_data * bs)
@@ -603,13 +624,36 @@ class Pool:
                 out[k] = BlockInfo("exclusive" if refs[b] == 1 else "shared", b)
             return out
 
+    def sharing(self, dev_id: int) -> list[tuple[int, int, tuple[int, ...]]]:
+        """``(virtual block, data block, other devices mapping that data block)`` for every mapping of
+        ``dev_id``, the others sorted by id: who shares what, from one walk of all mappings.
+
+        >>> import tempfile, os
+        >>> with Pool.create(os.path.join(tempfile.mkdtemp(), "p"), data_size="1M") as p:
+        ...     p.create_thin(1, "1M"); p.device(1).write(0, b"x" * 70000); p.create_snap(2, 1)
+        ...     p.device(2).write(0, b"y"); p.sharing(2)
+        [(0, 2, ()), (1, 1, (1,))]
+        """
+        with self._lock:
+            self._check_open()
+            mine = [(k, v >> 24) for k, v in btree.items(self.tm, self._details(dev_id).root)]  # type: ignore
+            wanted = {db: [] for _vb, db in mine}  # type: dict[int, list[int]]
+            for other in sorted(self._devs):
+                if other == dev_id:
+                    continue
+                for _k, v in btree.items(self.tm, self._devs[other].root):
+                    sharers = wanted.get(v >> 24)  # type: ignore[operator]
+                    if sharers is not None and (not sharers or sharers[-1] != other):
+                        sharers.append(other)
+            return [(vb, db, tuple(wanted[db])) for vb, db in mine]
+
     def details(self, dev_id: int) -> DeviceDetails:
         """A copy of what the pool records about ``dev_id``."""
         with self._lock:
             d = self._details(dev_id)
             return DeviceDetails(*d.as_tuple())
 
-    def check(self) -> "CheckReport":
+    def check(self) -> CheckReport:
         """Verify every tree and every reference count against a full recount (like thin_check).
 
         >>> import tempfile, os
@@ -617,25 +661,110 @@ class Pool:
         ...     p.create_thin(1, "1M"); p.device(1).write(0, b"x"); p.check().ok
         True
         """
-        from .check import check_pool
         with self._lock:
             self._check_open()
-            return check_pool(self)
+            self._sync_devices()
+            return check_metadata(self.tm, self.sb, self._devs)
 
+    # -- thin_dump XML ----------------------------------------------------------------------------
     def dump_xml(self, fp: IO[str]) -> None:
         """Write the pool's metadata as thin_dump XML to the text file ``fp`` (commits first)."""
-        from .xml import dump_xml
         with self._lock:
             self._check_open()
             if not self._read_only:
                 self._commit_locked()
-            dump_xml(self, fp)
+            sb = self.sb
+
+            def devices() -> Iterator[tuple[int, XmlDevice, Iterator[tuple[int, int, int]]]]:
+                for dev_id in sorted(self._devs):
+                    d = self._devs[dev_id]
+                    maps = ((k, v >> 24, v & TIME_MASK) for k, v in btree.items(self.tm, d.root))  # type: ignore
+                    yield dev_id, XmlDevice(dev_id, d.mapped_blocks, d.transaction_id, d.creation_time,
+                                            d.snap_time), maps
+
+            write_xml(fp, XmlSuperblock(sb.time, sb.transaction_id, self.block_size, sb.nr_data_blocks), devices())
 
     @classmethod
-    def restore_xml(cls, fp: IO[Any], path: str, **kwargs: Any) -> "Pool":
-        """Create a pool at ``path`` from thin_dump XML (see :func:`labkit.thin.xml.restore_xml`)."""
-        from .xml import restore_xml
-        return restore_xml(fp, path, **kwargs)
+    def restore_xml(cls, fp: IO[Any], path: str, *, virtual_sizes: Mapping[int, int | str] | None = None,
+                    **pool_options: Any) -> "Pool":
+        """Create a new pool at ``path`` holding the mappings and reference counts described by the
+        thin_dump XML in ``fp``; returned open.
+
+        The XML says nothing about sharing of tree nodes, so the pool gets one tree per device and data
+        blocks counted once per mapping (as ``thin_restore`` does). It carries no virtual sizes either:
+        ``virtual_sizes`` maps dev ids to sizes, and a device not named there gets the smallest size
+        that holds its highest mapped block. Other keywords go to :meth:`create`. The data file starts
+        sparse: its contents are the caller's business.
+
+        >>> import io, tempfile, os
+        >>> x = io.StringIO('<superblock uuid="" time="0" transaction="5" flags="0" version="2" '
+        ...     'data_block_size="128" nr_data_blocks="8"><device dev_id="1" mapped_blocks="1" '
+        ...     'transaction="0" creation_time="0" snap_time="0"><single_mapping origin_block="3" '
+        ...     'data_block="6" time="0"/></device></superblock>')
+        >>> p = Pool.restore_xml(x, os.path.join(tempfile.mkdtemp(), "p")); p.transaction_id, p.mappings(1)
+        (5, [(3, 6, 0)])
+        >>> p.close()
+        """
+        sizes = {k: parse_size(v, what="virtual size") for k, v in (virtual_sizes or {}).items()}
+        pool: Pool | None = None
+        try:
+            for rec in read_xml(fp):
+                if isinstance(rec, XmlSuperblock):
+                    pool = cls.create(path, data_size=rec.nr_data_blocks * rec.block_size,
+                                      block_size=rec.block_size, **pool_options)
+                    pool._begin_restore(rec)
+                else:
+                    assert pool is not None  # read_xml yields the superblock first
+                    pool._restore_record(rec, sizes)
+        except BaseException:
+            if pool is not None:
+                pool.close()
+            raise
+        assert pool is not None
+        pool._end_restore()
+        return pool
+
+    def _begin_restore(self, sb: XmlSuperblock) -> None:
+        self._restore: dict[str, Any] = {"sb": sb, "dev": None, "max_block": -1, "top_data": 0}
+
+    def _restore_record(self, rec: XmlDevice | XmlMapping | XmlDeviceEnd, sizes: Mapping[int, int]) -> None:
+        st = self._restore
+        if isinstance(rec, XmlDevice):
+            self.create_thin(rec.dev_id, 1)
+            d = self._devs[rec.dev_id]
+            d.transaction_id, d.creation_time, d.snap_time = rec.transaction, rec.creation_time, rec.snap_time
+            st["dev"], st["max_block"] = rec.dev_id, -1
+        elif isinstance(rec, XmlMapping):
+            dev_id = st["dev"]
+            if rec.data + rec.length > self.nr_data_blocks:
+                raise InvalidArgument(f"thin_dump XML mapping of device {dev_id} to data block "
+                                      f"{rec.data + rec.length - 1}", f"is beyond nr_data_blocks {self.nr_data_blocks}",
+                                      fix="check the file")
+            tm, d = self.tm, self._devs[dev_id]
+            for i in range(rec.length):
+                tm.data_sm.inc(rec.data + i)
+                d.root, old = btree.insert(tm, d.root, rec.origin + i, ((rec.data + i) << 24) | rec.time)
+                if old is None:
+                    d.mapped_blocks += 1
+            st["max_block"] = max(st["max_block"], rec.origin + rec.length - 1)
+            st["top_data"] = max(st["top_data"], rec.data + rec.length)
+        else:
+            d, top = self._devs[rec.dev_id], st["max_block"]
+            d.virtual_size = sizes.get(rec.dev_id, max(1, top + 1) * self.block_size)
+            if -(-d.virtual_size // self.block_size) <= top:
+                raise InvalidArgument(f"virtual size of device {rec.dev_id}", "is smaller than its mappings",
+                                      fix=f"give at least {(top + 1) * self.block_size} bytes")
+            self._dirty_devs.add(rec.dev_id)
+            st["dev"] = None
+
+    def _end_restore(self) -> None:
+        st = self._restore
+        del self._restore
+        self.tm.data_sm.start_at(st["top_data"])  # allocate after what the XML maps, like thin_restore
+        self.sb.time = st["sb"].time
+        self.sb.transaction_id = st["sb"].transaction - 1  # the commit below makes it the XML's
+        self._changed = True
+        self._commit_locked()
 
 
 class Device:

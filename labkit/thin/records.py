@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from ..errors import FailedPrecondition
+from ..errors import FailedPrecondition, InvalidArgument
 
 
 class PoolFull(FailedPrecondition, OSError):
@@ -126,6 +126,49 @@ class Status:
              "  queue_if_no_space: a write that needs a block when the pool is full waits for space"),
             "  needs_check: " + ("yes: run a check before trusting the pool" if self.needs_check else "no"),
         ])
+
+    @classmethod
+    def parse(cls, line: str, *, low_water_mark: int | None = None) -> "Status":
+        """Read a status line back: ``str()`` of a Status, or what ``dmsetup status POOL`` prints for a
+        kernel thin-pool (with its ``<start> <length> thin-pool`` prefix, ``ignore_discard`` or
+        ``discard_passdown``, and the trailing metadata low-water threshold of newer kernels).
+
+        ``low_water`` is not in the line: it is computed from ``low_water_mark`` (data blocks) when given.
+        ``queued_io`` cannot be seen either; it is False. Raises
+        :class:`~labkit.errors.FailedPrecondition` for a failed pool (``Fail``) and
+        :class:`~labkit.errors.InvalidArgument` for anything else that is not a thin-pool status.
+
+        >>> s = Status.parse("0 2097152 thin-pool 0 1650/16384 144/16384 - rw discard_passdown "
+        ...                  "queue_if_no_space - 1024 ")      # Linux 6.1, dmsetup status
+        >>> s.used_data_blocks, s.total_data_blocks, s.error_if_no_space, s.mode
+        (144, 16384, False, 'rw')
+        >>> str(Status.parse(str(s))) == str(s)
+        True
+        """
+        parts = line.split()
+        if len(parts) >= 3 and parts[2] == "thin-pool":
+            parts = parts[3:]
+        if parts[:1] == ["Fail"]:
+            raise FailedPrecondition("thin pool", "has failed (its status is Fail)",
+                                     fix="deactivate it and run thin_check / thin_repair on its metadata")
+        bad = InvalidArgument(f"thin-pool status line {line.strip()[:120]!r}", "does not parse",
+                              fix="give the output of `dmsetup status <pool>` or str(pool.status())")
+        if len(parts) < 8:
+            raise bad
+        try:
+            tid = int(parts[0])
+            um, tm = (int(x) for x in parts[1].split("/"))
+            ud, td = (int(x) for x in parts[2].split("/"))
+            held = None if parts[3] == "-" else int(parts[3])
+        except ValueError:
+            raise bad from None
+        modes = {"rw": "rw", "ro": "read_only", "out_of_data_space": "out_of_data_space"}
+        if (parts[4] not in modes or parts[5] not in ("no_discard_passdown", "discard_passdown", "ignore_discard")
+                or parts[6] not in ("error_if_no_space", "queue_if_no_space") or parts[7] not in ("needs_check", "-")):
+            raise bad
+        low = low_water_mark is not None and td - ud <= low_water_mark
+        return cls(tid, um, tm, ud, td, held, modes[parts[4]], parts[7] == "needs_check",
+                   parts[6] == "error_if_no_space", low, False)
 
     def __str__(self) -> str:
         held = "-" if self.held_root is None else str(self.held_root)

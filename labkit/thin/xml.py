@@ -1,4 +1,4 @@
-"""thin_dump's XML: write a pool's metadata out, and build a pool from it.
+"""thin_dump's XML: the format alone, written from and read into plain records (no pool in here).
 
 The format (thin-provisioning-tools ``xml_format.cc``)::
 
@@ -10,64 +10,104 @@ The format (thin-provisioning-tools ``xml_format.cc``)::
       </device>
     </superblock>
 
-``data_block_size`` is in 512-byte sectors. The XML says nothing about sharing of tree nodes, so a
-restored pool has one tree per device and data blocks counted once per mapping (as ``thin_restore``
-does); it also carries no virtual sizes, hence ``virtual_sizes``.
+``data_block_size`` is in 512-byte sectors. :func:`write_xml` takes the superblock's fields and, per
+device, its details and its mappings; :func:`read_xml` yields :class:`XmlSuperblock`,
+:class:`XmlDevice`, :class:`XmlMapping` and :class:`XmlDeviceEnd` records in document order, streaming.
+:meth:`labkit.thin.Pool.dump_xml` and :meth:`labkit.thin.Pool.restore_xml` build on these two.
 
->>> import io, tempfile, os
->>> from labkit.thin import Pool
->>> with Pool.create(os.path.join(tempfile.mkdtemp(), "p"), data_size="1M") as p:
-...     p.create_thin(1, "1M"); p.device(1).write(0, b"x" * 131072)
-...     buf = io.StringIO(); p.dump_xml(buf)
+>>> import io
+>>> buf = io.StringIO()
+>>> write_xml(buf, XmlSuperblock(0, 1, 64 << 10, 16), [(1, XmlDevice(1, 2, 0, 0, 0), [(0, 0, 0), (1, 1, 0)])])
 >>> print(buf.getvalue().splitlines()[2].strip())
 <range_mapping origin_begin="0" data_begin="0" length="2" time="0"/>
+>>> [type(r).__name__ for r in read_xml(io.StringIO(buf.getvalue()))]
+['XmlSuperblock', 'XmlDevice', 'XmlMapping', 'XmlDeviceEnd']
 """
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from typing import IO, TYPE_CHECKING, Mapping
+from dataclasses import dataclass
+from typing import IO, Iterable, Iterator, Union
 
 from ..errors import InvalidArgument
-from ..units import parse_size
-from . import btree
-from .metadata import KIND_MAPPING
 
-if TYPE_CHECKING:
-    from .pool import Pool
+__all__ = ["SECTOR", "XmlSuperblock", "XmlDevice", "XmlMapping", "XmlDeviceEnd", "XmlRecord", "write_xml",
+           "read_xml"]
 
 SECTOR = 512
+TIME_MASK = (1 << 24) - 1
 
 
-def dump_xml(pool: "Pool", fp: IO[str]) -> None:
-    """Write ``pool`` (its current in-memory state) to ``fp`` as thin_dump XML."""
-    sb = pool.sb
-    fp.write(f'<superblock uuid="" time="{sb.time}" transaction="{sb.transaction_id}" flags="0" version="2" '
-             f'data_block_size="{pool.block_size // SECTOR}" nr_data_blocks="{sb.nr_data_blocks}">\n')
-    for dev_id in sorted(pool._devs):
-        d = pool._devs[dev_id]
-        fp.write(f'  <device dev_id="{dev_id}" mapped_blocks="{d.mapped_blocks}" transaction="{d.transaction_id}" '
+@dataclass(frozen=True)
+class XmlSuperblock:
+    """``<superblock>``: the pool's clock, transaction, block size (bytes) and number of data blocks."""
+
+    time: int
+    transaction: int
+    block_size: int
+    nr_data_blocks: int
+
+
+@dataclass(frozen=True)
+class XmlDevice:
+    """``<device>``: a thin device's recorded details (the XML has no virtual size)."""
+
+    dev_id: int
+    mapped_blocks: int
+    transaction: int
+    creation_time: int
+    snap_time: int
+
+
+@dataclass(frozen=True)
+class XmlMapping:
+    """``<single_mapping>`` / ``<range_mapping>``: ``length`` virtual blocks from ``origin`` to data
+    blocks from ``data``, all stamped ``time``."""
+
+    origin: int
+    data: int
+    length: int
+    time: int
+
+
+@dataclass(frozen=True)
+class XmlDeviceEnd:
+    """``</device>``: the device's mappings are complete."""
+
+    dev_id: int
+
+
+XmlRecord = Union[XmlSuperblock, XmlDevice, XmlMapping, XmlDeviceEnd]
+
+
+def write_xml(fp: IO[str], sb: XmlSuperblock,
+              devices: Iterable[tuple[int, XmlDevice, Iterable[tuple[int, int, int]]]]) -> None:
+    """Write thin_dump XML to ``fp``: ``devices`` yields ``(dev_id, details, mappings)`` with mappings
+    as ``(virtual block, data block, time)`` in virtual-block order (runs become ``range_mapping``)."""
+    fp.write(f'<superblock uuid="" time="{sb.time}" transaction="{sb.transaction}" flags="0" version="2" '
+             f'data_block_size="{sb.block_size // SECTOR}" nr_data_blocks="{sb.nr_data_blocks}">\n')
+    for dev_id, d, mappings in devices:
+        fp.write(f'  <device dev_id="{dev_id}" mapped_blocks="{d.mapped_blocks}" transaction="{d.transaction}" '
                  f'creation_time="{d.creation_time}" snap_time="{d.snap_time}">\n')
         run: list[int] | None = None  # origin, data, length, time
-
-        def emit(r: list[int]) -> None:
-            if r[2] == 1:
-                fp.write(f'    <single_mapping origin_block="{r[0]}" data_block="{r[1]}" time="{r[3]}"/>\n')
-            else:
-                fp.write(f'    <range_mapping origin_begin="{r[0]}" data_begin="{r[1]}" length="{r[2]}" '
-                         f'time="{r[3]}"/>\n')
-
-        for k, v in btree.items(pool.tm, d.root):
-            db, t = v >> 24, v & 0xFFFFFF  # type: ignore[operator]
+        for k, db, t in mappings:
             if run is not None and k == run[0] + run[2] and db == run[1] + run[2] and t == run[3]:
                 run[2] += 1
                 continue
             if run is not None:
-                emit(run)
+                _emit(fp, run)
             run = [k, db, 1, t]
         if run is not None:
-            emit(run)
+            _emit(fp, run)
         fp.write("  </device>\n")
     fp.write("</superblock>\n")
+
+
+def _emit(fp: IO[str], r: list[int]) -> None:
+    if r[2] == 1:
+        fp.write(f'    <single_mapping origin_block="{r[0]}" data_block="{r[1]}" time="{r[3]}"/>\n')
+    else:
+        fp.write(f'    <range_mapping origin_begin="{r[0]}" data_begin="{r[1]}" length="{r[2]}" time="{r[3]}"/>\n')
 
 
 def _int(el: ET.Element, name: str) -> int:
@@ -76,99 +116,53 @@ def _int(el: ET.Element, name: str) -> int:
         raise InvalidArgument(f"thin_dump XML <{el.tag}>", f"lacks the attribute {name}",
                               fix="give XML written by thin_dump or Pool.dump_xml")
     try:
-        return int(v)
+        n = int(v)
     except ValueError:
         raise InvalidArgument(f"thin_dump XML <{el.tag} {name}={v!r}>", "is not an integer",
                               fix="give XML written by thin_dump or Pool.dump_xml") from None
+    if n < 0:
+        raise InvalidArgument(f"thin_dump XML <{el.tag} {name}={v!r}>", "is negative",
+                              fix="give XML written by thin_dump or Pool.dump_xml")
+    return n
 
 
-def restore_xml(fp: IO, path: str, *, virtual_sizes: Mapping[int, int | str] | None = None,
-                **pool_options) -> "Pool":
-    """Create a new pool at ``path`` holding the mappings and reference counts described by ``fp``.
-
-    ``virtual_sizes`` maps dev ids to sizes; a device not named there gets the smallest size that
-    holds its highest mapped block. Other keywords go to :meth:`Pool.create`. The data file starts
-    sparse: its contents are the caller's business. The pool is returned open.
-
-    >>> import io, tempfile, os
-    >>> x = io.StringIO('<superblock uuid="" time="0" transaction="5" flags="0" version="2" '
-    ...     'data_block_size="128" nr_data_blocks="8"><device dev_id="1" mapped_blocks="1" '
-    ...     'transaction="0" creation_time="0" snap_time="0"><single_mapping origin_block="3" '
-    ...     'data_block="6" time="0"/></device></superblock>')
-    >>> p = restore_xml(x, os.path.join(tempfile.mkdtemp(), "p")); p.transaction_id, list(p.mappings(1))
-    (5, [(3, 6, 0)])
-    >>> p.close()
-    """
-    from .pool import DeviceDetails, Pool
-
-    sizes = {k: parse_size(v, what="virtual size") for k, v in (virtual_sizes or {}).items()}
-    pool: Pool | None = None
-    dev: tuple[int, DeviceDetails] | None = None
-    max_block = -1
-    top_data = 0  # one past the highest data block mapped: where allocation should start looking
-    meta: dict[str, int] = {}
+def read_xml(fp: IO) -> Iterator[XmlRecord]:
+    """Parse thin_dump XML from ``fp`` into records, checking structure (a device inside the superblock,
+    mappings inside a device) and numbers. Raises :class:`~labkit.errors.InvalidArgument` naming the
+    problem; never builds the whole document in memory."""
+    seen_sb = False
+    dev: int | None = None
     try:
         for event, el in ET.iterparse(fp, events=("start", "end")):
             if event == "start" and el.tag == "superblock":
+                if seen_sb:
+                    raise InvalidArgument("thin_dump XML", "has two <superblock>s", fix="check the file")
+                seen_sb = True
                 bs = _int(el, "data_block_size") * SECTOR
-                nr = _int(el, "nr_data_blocks")
-                meta = {"time": _int(el, "time"), "transaction": _int(el, "transaction")}
-                pool = Pool.create(path, data_size=nr * bs, block_size=bs, **pool_options)
+                yield XmlSuperblock(_int(el, "time"), _int(el, "transaction"), bs, _int(el, "nr_data_blocks"))
             elif event == "start" and el.tag == "device":
-                if pool is None:
+                if not seen_sb or dev is not None:
                     raise InvalidArgument("thin_dump XML", "has a <device> outside <superblock>", fix="check the file")
-                dev_id = _int(el, "dev_id")
-                pool.create_thin(dev_id, 1)
-                d = pool._devs[dev_id]
-                d.transaction_id = _int(el, "transaction")
-                d.creation_time = _int(el, "creation_time")
-                d.snap_time = _int(el, "snap_time")
-                dev, max_block = (dev_id, d), -1
+                dev = _int(el, "dev_id")
+                yield XmlDevice(dev, _int(el, "mapped_blocks"), _int(el, "transaction"), _int(el, "creation_time"),
+                                _int(el, "snap_time"))
             elif event == "start" and el.tag in ("range_mapping", "single_mapping"):
-                if pool is None or dev is None:
+                if dev is None:
                     raise InvalidArgument("thin_dump XML", f"has <{el.tag}> outside <device>", fix="check the file")
                 if el.tag == "single_mapping":
                     o, db, n = _int(el, "origin_block"), _int(el, "data_block"), 1
                 else:
                     o, db, n = _int(el, "origin_begin"), _int(el, "data_begin"), _int(el, "length")
                 t = _int(el, "time")
-                if db + n > pool.nr_data_blocks:
-                    raise InvalidArgument(f"thin_dump XML mapping of device {dev[0]} to data block {db + n - 1}",
-                                          f"is beyond nr_data_blocks {pool.nr_data_blocks}", fix="check the file")
-                tm, d = pool.tm, dev[1]
-                for i in range(n):
-                    tm.data_sm.inc(db + i)
-                    d.root, old = btree.insert(tm, d.root, o + i, ((db + i) << 24) | t)
-                    if old is None:
-                        d.mapped_blocks += 1
-                max_block = max(max_block, o + n - 1)
-                top_data = max(top_data, db + n)
-            elif event == "end" and el.tag == "device" and pool is not None and dev is not None:
-                dev_id, d = dev
-                d.virtual_size = sizes.get(dev_id, max(1, max_block + 1) * pool.block_size)
-                if -(-d.virtual_size // pool.block_size) <= max_block:
-                    raise InvalidArgument(f"virtual size of device {dev_id}", "is smaller than its mappings",
-                                          fix=f"give at least {(max_block + 1) * pool.block_size} bytes")
-                pool._dirty_devs.add(dev_id)
+                if t > TIME_MASK:
+                    raise InvalidArgument(f"thin_dump XML mapping time {t}", "does not fit 24 bits", fix="check the file")
+                yield XmlMapping(o, db, n, t)
+            elif event == "end" and el.tag == "device" and dev is not None:
+                yield XmlDeviceEnd(dev)
                 dev = None
             if event == "end":
                 el.clear()
     except ET.ParseError as e:
-        if pool is not None:
-            pool.close()
         raise InvalidArgument("thin_dump XML", f"does not parse ({e})", fix="give XML written by thin_dump") from None
-    except BaseException:
-        if pool is not None:
-            pool.close()
-        raise
-    if pool is None:
+    if not seen_sb:
         raise InvalidArgument("thin_dump XML", "has no <superblock>", fix="give XML written by thin_dump")
-    pool.tm.data_sm._cursor = top_data % pool.nr_data_blocks
-    pool.sb.time = meta["time"]
-    pool.sb.transaction_id = meta["transaction"] - 1
-    pool._changed = True
-    pool._commit_locked()
-    return pool
-
-
-__all__ = ["dump_xml", "restore_xml", "KIND_MAPPING"]
