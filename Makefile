@@ -4,7 +4,10 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := btrfs-progs xfsprogs e2fsprogs util-linux thin-provisioning-tools busybox-static fuse3 libfuse3-3 kmod dmsetup runc crun iptables mmdebstrap zstd
+APT_PACKAGES := btrfs-progs xfsprogs e2fsprogs util-linux thin-provisioning-tools busybox-static fuse3 libfuse3-3 kmod dmsetup runc crun iptables mmdebstrap zstd libseccomp2 gcc libc6-dev strace \
+                podman skopeo umoci chromium fonts-noto-cjk
+# the kernel's own dm-thin runs in a qemu VM (labkit vm): Debian's kernel and qemu, without their GUI recommends
+APT_VM_PACKAGES := qemu-system-x86 linux-image-amd64
 PYTEST_ARGS ?=
 
 RESULTS ?= data/results
@@ -34,9 +37,12 @@ setup: apt venv
 # install only what is missing; `apt-get update` only when something is
 apt:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
-	if [ -n "$$missing" ]; then \
-	  echo "apt-get install $$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	vmissing=$$(for p in $(APT_VM_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing$$vmissing" ]; then \
+	  echo "apt-get install $$missing $$vmissing"; \
+	  apt-get update -qq; \
+	  if [ -n "$$missing" ]; then DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi; \
+	  if [ -n "$$vmissing" ]; then DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$vmissing >/dev/null; fi; \
 	fi
 
 $(VENV)/.installed: pyproject.toml

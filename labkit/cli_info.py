@@ -14,7 +14,9 @@ import subprocess
 import sys
 from typing import Any
 
+from . import errors
 from .config import default_root
+from .thin.client import PoolClient
 from .version import __version__
 
 
@@ -70,15 +72,15 @@ def info(root: str) -> dict[str, Any]:
 
 def _pool_line(pool: str) -> str:
     """The thin pool's status line, asked of its daemon if one runs (never starting one)."""
+    client = PoolClient(pool, os.path.join(os.path.dirname(pool), "dev"))
     try:
-        from .thin import client as thin_client
-        ask = getattr(thin_client, "status_if_running", None)
-        if ask is not None:
-            st = ask(pool)
-            return "no daemon running (the pool is closed)" if st is None else str(st)
-    except Exception as e:  # noqa: BLE001 - info must print whatever it can
+        if not client.connect(start=False):
+            return "no daemon running (the pool is closed; it starts on first use)"
+        return str(client.status())
+    except errors.LabkitError as e:
         return f"unknown ({e})"
-    return f"at {pool}"
+    finally:
+        client.close()
 
 
 def cmd_info(args: argparse.Namespace) -> int:
