@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["Runtime", "Container", "Bind", "BridgeConfig", "Limits"]
-_WHERE = {"Runtime": "runtime", "Container": "runtime", "Bind": "runtime", "BridgeConfig": "network",
-          "Limits": "cgroups"}
+__all__ = ["Runtime", "Container", "Bind", "BridgeConfig", "Limits", "ContainerState", "Profile", "Pty"]
+_WHERE = {"Runtime": "runtime", "Container": "runtime", "Bind": "state", "BridgeConfig": "network",
+          "Limits": "cgroups", "ContainerState": "state", "Profile": "security", "Pty": "tty"}
 
 
 def __getattr__(name: str) -> Any:

@@ -1,47 +1,59 @@
 """What a container's first process does between fork and exec, and what ``exec`` does to join one.
 
 Runs in a process forked from the spawner (:mod:`labkit.containers._spawner`), never in the caller's
-(possibly huge) Python process. The order matters and follows runc's ``libcontainer/rootfs_linux.go``:
+(possibly huge) Python process. The order matters and follows runc's ``libcontainer/rootfs_linux.go``
+and ``standard_init_linux.go``:
 
 1. join the cgroup (write 0 to each ``cgroup.procs``) - before anything can allocate;
 2. ``unshare`` mount, UTS, IPC (and net for ``none``) or ``setns`` into a prepared network namespace;
    the PID namespace was unshared by the parent (the shim), so this process is already PID 1;
-3. make every mount private, bind the rootfs on itself, mount ``/proc``, ``/sys`` (read-only), a tmpfs
-   ``/dev`` with device nodes, ``/dev/pts`` (devpts newinstance), ``/dev/shm``, then the bind mounts;
-4. ``pivot_root(".", ".")`` and detach the old root (no chroot: the host's root is unreachable);
-5. read-only root, hostname, loopback up, groups/gid/uid, working directory, default signals, exec.
+3. make every mount private, bind the rootfs on itself and open it as a directory fd; from here on
+   every path inside the rootfs is resolved with ``openat2(RESOLVE_IN_ROOT)``
+   (:mod:`labkit.containers.inroot`) and mounted on through ``/proc/self/fd/N``, so a hostile symlink
+   in the image cannot send a mount or a ``mkdir`` to the host;
+4. make the mount points, then make the root ``nodev`` (and read-only if asked) recursively, mount
+   ``/proc``, ``/sys`` (read-only), a ``nodev`` tmpfs ``/dev`` whose nodes are bind mounts of the host's
+   (:data:`~labkit.containers.security.DEVICES`), ``/dev/pts``, ``/dev/shm``, then the bind mounts;
+5. ``pivot_root(".", ".")`` and detach the old root (no chroot: the host's root is unreachable);
+6. mask and make read-only the /proc and /sys paths of the profile, hostname, loopback up;
+7. become the process (:func:`become`): rlimits, drop the bounding set, clear ambient, groups/gid/uid,
+   set the capabilities, working directory, default signals, ``no_new_privs``, and - last, so nothing
+   of this set-up is filtered - the seccomp filter; then exec.
 
 Any failure is written to the error pipe as one line ``step: message`` and the process exits 127;
 a successful exec closes the pipe (it is close-on-exec), so the spawner reads EOF.
 
->>> from labkit.containers._setup import DEVICES
->>> sorted(DEVICES)[:2]
-['full', 'null']
+>>> from labkit.containers._setup import LINKS
+>>> LINKS["ptmx"]
+'pts/ptmx'
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import resource
 import signal
 import socket
 import stat
 import struct
-from typing import Any
+import termios
 
 from labkit._sys import mounts as m
 
-from . import _ns
+from . import _ns, _privs, inroot
+from .spec import ExecSpec, ProcessSpec, RunSpec
 
-#: device name -> (major, minor), made with mknod in the container's tmpfs /dev
-DEVICES = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8), "urandom": (1, 9), "tty": (5, 0)}
 LINKS = {"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1",
          "stderr": "/proc/self/fd/2", "ptmx": "pts/ptmx"}
 _NOSUID_NODEV_NOEXEC = m.MS_NOSUID | m.MS_NODEV | m.MS_NOEXEC
+_SPECIAL = ("dev", "proc", "sys")           # bind targets below these are made after they are mounted
 
 
 def _default_signals() -> None:
     """Python ignores SIGPIPE (and the spawner SIGCHLD); ignored signals survive exec, so reset them."""
-    for s in (signal.SIGPIPE, signal.SIGCHLD, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM):
+    for s in (signal.SIGPIPE, signal.SIGCHLD, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGHUP,
+              signal.SIGTTOU, signal.SIGTTIN, signal.SIGTSTP):
         signal.signal(s, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
@@ -54,144 +66,302 @@ def loopback_up() -> None:
         fcntl.ioctl(s, 0x8914, struct.pack("16sH14x", b"lo", flags | 1))
 
 
-def _mkdirs(root: str, rel: str, *, file: bool = False) -> str:
-    path = os.path.join(root, rel.lstrip("/"))
-    if file:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        if not os.path.exists(path):
-            open(path, "a").close()
-    else:
-        os.makedirs(path, exist_ok=True)
-    return path
-
-
-def _dev(root: str) -> None:
-    dev = _mkdirs(root, "dev")
-    m.mount("tmpfs", dev, "tmpfs", m.MS_NOSUID, "mode=755,size=65536k")
-    for name, (major, minor) in DEVICES.items():
-        os.mknod(f"{dev}/{name}", 0o666 | stat.S_IFCHR, os.makedev(major, minor))
-        os.chmod(f"{dev}/{name}", 0o666)
-    os.mkdir(dev + "/pts")
-    m.mount("devpts", dev + "/pts", "devpts", m.MS_NOSUID | m.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620")
-    os.mkdir(dev + "/shm")
-    m.mount("shm", dev + "/shm", "tmpfs", _NOSUID_NODEV_NOEXEC, "mode=1777,size=65536k")
-    for name, target in LINKS.items():
-        os.symlink(target, f"{dev}/{name}")
-
-
-def setup_and_exec(spec: dict[str, Any], errw: int, netns_fd: int | None) -> None:
-    """Turn this freshly forked PID 1 into the container and exec its command; never returns."""
-    step = "start"
+def set_mount_attrs(fd: int, attrs: int, *, recursive: bool = True) -> None:
+    """Set ``MOUNT_ATTR_*`` on the mount open at ``fd`` (and every mount below it): mount_setattr(2),
+    or a bind remount of that one mount on kernels before 5.12."""
     try:
-        _default_signals()
-        step = "cgroup"
-        for f in spec["procs_files"]:
-            with open(f, "w") as fh:
-                fh.write("0")
-        step = "stdio"
-        fin = os.open(spec.get("stdin") or "/dev/null", os.O_RDONLY)
-        fout = os.open(spec["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-        os.dup2(fin, 0)
+        _privs.mount_setattr(fd, "", _privs.AT_EMPTY_PATH | (_privs.AT_RECURSIVE if recursive else 0), attrs)
+    except OSError as e:
+        if e.errno != errno.ENOSYS:
+            raise
+        flags = {_privs.MOUNT_ATTR_RDONLY: m.MS_RDONLY, _privs.MOUNT_ATTR_NOSUID: m.MS_NOSUID,
+                 _privs.MOUNT_ATTR_NODEV: m.MS_NODEV, _privs.MOUNT_ATTR_NOEXEC: m.MS_NOEXEC}
+        ms = sum(v for k, v in flags.items() if attrs & k)
+        m.mount("none", inroot.fd_path(fd), None, m.MS_BIND | m.MS_REMOUNT | ms)
+
+
+def _mount_at(root_fd: int, rel: str, source: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    fd = inroot.resolve(root_fd, rel, os.O_PATH | os.O_DIRECTORY)
+    try:
+        m.mount(source, inroot.fd_path(fd), fstype, flags, data)
+    finally:
+        os.close(fd)
+
+
+def _bind_target(root_fd: int, source: str, target: str) -> int:
+    """The mount point for a bind of ``source`` (a directory or a file) at ``target``, made inside the root."""
+    if os.path.isdir(source):
+        return inroot.mkdir_all(root_fd, target)
+    return inroot.touch(root_fd, target)
+
+
+def _special(target: str) -> bool:
+    return target.strip("/").split("/")[0] in _SPECIAL
+
+
+def _dev(root_fd: int, spec: RunSpec, privileged: bool) -> None:
+    """tmpfs /dev with the allowed nodes, pts, shm and the usual links, all made through a dirfd."""
+    _mount_at(root_fd, "dev", "tmpfs", "tmpfs", m.MS_NOSUID | (0 if privileged else m.MS_NODEV),
+              "mode=755,size=65536k")
+    dev = inroot.resolve(root_fd, "dev", os.O_PATH | os.O_DIRECTORY)   # now the tmpfs
+    try:
+        for name, (major, minor) in spec.devices.items():
+            if privileged:
+                os.mknod(name, 0o666 | stat.S_IFCHR, os.makedev(major, minor), dir_fd=dev)
+                os.chmod(name, 0o666, dir_fd=dev)
+            else:       # a nodev /dev: each node is a bind mount of the host's, which keeps working
+                src = f"/dev/{name}"
+                st = os.stat(src)
+                if not stat.S_ISCHR(st.st_mode) or (os.major(st.st_rdev), os.minor(st.st_rdev)) != (major, minor):
+                    raise OSError(errno.ENODEV, f"host {src} is not character device {major}:{minor}")
+                fd = inroot.touch(root_fd, f"dev/{name}", 0o666)
+                try:
+                    m.mount(src, inroot.fd_path(fd), None, m.MS_BIND)
+                finally:
+                    os.close(fd)
+        os.mkdir("pts", 0o755, dir_fd=dev)
+        _mount_at(root_fd, "dev/pts", "devpts", "devpts", m.MS_NOSUID | m.MS_NOEXEC,
+                  "newinstance,ptmxmode=0666,mode=0620")
+        os.mkdir("shm", 0o1777, dir_fd=dev)
+        _mount_at(root_fd, "dev/shm", "shm", "tmpfs", _NOSUID_NODEV_NOEXEC, "mode=1777,size=65536k")
+        for name, target in LINKS.items():
+            os.symlink(target, name, dir_fd=dev)
+    finally:
+        os.close(dev)
+
+
+def _bind(root_fd: int, source: str, target: str, ro: bool, privileged: bool) -> None:
+    fd = _bind_target(root_fd, source, target)
+    try:
+        m.mount(source, inroot.fd_path(fd), None, m.MS_BIND | m.MS_REC)
+    finally:
+        os.close(fd)
+    attrs = (_privs.MOUNT_ATTR_RDONLY if ro else 0)
+    if not privileged and os.path.isdir(source):
+        attrs |= _privs.MOUNT_ATTR_NODEV        # no device node made in a volume can be opened
+    if attrs:
+        fd = inroot.resolve(root_fd, target)   # the bind mount's root now
+        try:
+            set_mount_attrs(fd, attrs)
+        finally:
+            os.close(fd)
+
+
+def mask_paths(masked: list[str], readonly: list[str]) -> None:
+    """After pivot_root: hide ``masked`` (``/dev/null`` over a file, an empty read-only tmpfs over a
+    directory) and make ``readonly`` read-only (bind on itself, then read-only recursively). Paths
+    that do not exist on this kernel are skipped."""
+    for p in masked:
+        try:
+            st = os.lstat(p)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            m.mount("tmpfs", p, "tmpfs", m.MS_RDONLY | _NOSUID_NODEV_NOEXEC, "mode=555")
+        else:
+            m.mount("/dev/null", p, None, m.MS_BIND)
+    for p in readonly:
+        if not os.path.lexists(p):
+            continue
+        m.mount(p, p, None, m.MS_BIND | m.MS_REC)
+        fd = os.open(p, os.O_PATH | os.O_CLOEXEC | os.O_NOFOLLOW)
+        try:
+            set_mount_attrs(fd, _privs.MOUNT_ATTR_RDONLY | _privs.MOUNT_ATTR_NOSUID | _privs.MOUNT_ATTR_NODEV
+                            | _privs.MOUNT_ATTR_NOEXEC)
+        finally:
+            os.close(fd)
+
+
+def _set_rlimits(rlimits: list[tuple[str, int, int]]) -> None:
+    for name, soft, hard in rlimits:
+        which = getattr(resource, f"RLIMIT_{name}")
+        cur_hard = resource.getrlimit(which)[1]
+        if cur_hard != resource.RLIM_INFINITY:
+            hard = min(hard, cur_hard)      # raising a hard limit needs CAP_SYS_RESOURCE
+        resource.setrlimit(which, (min(soft, hard), hard))
+
+
+def _drop_bounding(keep: int) -> None:
+    for cap in range(64):
+        if keep >> cap & 1:
+            continue
+        try:
+            _privs.prctl(_privs.PR_CAPBSET_DROP, cap)
+        except OSError as e:
+            if e.errno == errno.EINVAL:       # past the kernel's last capability
+                return
+            raise
+
+
+def become(p: ProcessSpec, steps: list[str]) -> None:
+    """Turn the calling (root, unconfined) process into ``p`` and exec it; never returns.
+
+    ``steps[0]`` is kept up to date with the step running, for the error line. The seccomp filter is
+    loaded last, right before exec, so no step here is filtered (runc does the same when
+    ``no_new_privs`` is set).
+    """
+    steps[0] = "rlimits"
+    _set_rlimits(p.rlimits)
+    if not p.privileged:
+        steps[0] = "capabilities"
+        _drop_bounding(p.caps)
+        try:
+            _privs.prctl(_privs.PR_CAP_AMBIENT, _privs.PR_CAP_AMBIENT_CLEAR_ALL)
+        except OSError as e:
+            if e.errno != errno.EINVAL:       # before Linux 4.3 there is no ambient set
+                raise
+    steps[0] = "user"
+    os.setgroups(p.groups)
+    os.setgid(p.gid)
+    os.setuid(p.uid)            # to a non-zero uid: the kernel clears permitted and effective
+    if not p.privileged:
+        steps[0] = "capabilities"
+        _, permitted, _ = _privs.capget()
+        keep = p.caps & permitted if p.uid == 0 else 0
+        _privs.capset(keep, keep, 0)
+    steps[0] = "workdir"
+    os.chdir(p.workdir or "/")
+    _default_signals()
+    env = dict(e.split("=", 1) for e in p.env)
+    if p.no_new_privs:
+        steps[0] = "no_new_privs"
+        _privs.prctl(_privs.PR_SET_NO_NEW_PRIVS, 1)
+    if p.seccomp:
+        steps[0] = "seccomp"
+        _privs.seccomp_set_mode_filter(p.seccomp)
+    steps[0] = "exec"
+    os.execvpe(p.cmd[0], p.cmd, env)
+
+
+def _stdio(stdin: str | None, out: str | None, tty_fd: int | None) -> None:
+    """stdin from a file (or /dev/null), stdout+stderr to a file; or all three the pty slave ``tty_fd``,
+    made the controlling terminal of a new session."""
+    if tty_fd is not None:
+        os.setsid()
+        fcntl.ioctl(tty_fd, termios.TIOCSCTTY, 0)
+        for i in (0, 1, 2):
+            os.dup2(tty_fd, i)
+        if tty_fd > 2:
+            os.close(tty_fd)
+        return
+    fin = os.open(stdin or "/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+    fout = os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640) if out else None
+    os.dup2(fin, 0)
+    os.close(fin)
+    if fout is not None:
         os.dup2(fout, 1)
         os.dup2(fout, 2)
-        os.close(fin)
         os.close(fout)
-        step = "namespaces"
+
+
+def _fail(errw: int, step: str, e: BaseException) -> None:
+    msg = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+    try:
+        os.write(errw, f"{step}: {msg}".encode()[:4000])
+    finally:
+        os._exit(127)
+
+
+def setup_and_exec(spec: RunSpec, errw: int, netns_fd: int | None, tty_fd: int | None = None) -> None:
+    """Turn this freshly forked PID 1 into the container and exec its command; never returns."""
+    steps = ["start"]
+    p = spec.process
+    try:
+        _default_signals()
+        steps[0] = "cgroup"
+        for f in spec.procs_files:
+            with open(f, "w") as fh:
+                fh.write("0")
+        steps[0] = "stdio"
+        _stdio(spec.stdin, spec.log, tty_fd)
+        steps[0] = "namespaces"
         flags = _ns.CLONE_NEWNS | _ns.CLONE_NEWUTS | _ns.CLONE_NEWIPC
-        net = spec["network"]
         if netns_fd is not None:
             _ns.setns(netns_fd, _ns.CLONE_NEWNET)
             os.close(netns_fd)
-        elif net == "none":
+        elif spec.network == "none":
             flags |= _ns.CLONE_NEWNET
         _ns.unshare(flags)
-        step = "mounts"
-        root = spec["rootfs"]
+        steps[0] = "mounts"
+        root = spec.rootfs
         m.mount("none", "/", None, m.MS_REC | m.MS_PRIVATE)
         m.mount(root, root, None, m.MS_BIND | m.MS_REC)
-        m.mount("proc", _mkdirs(root, "proc"), "proc", _NOSUID_NODEV_NOEXEC)
-        m.mount("sysfs", _mkdirs(root, "sys"), "sysfs", _NOSUID_NODEV_NOEXEC | m.MS_RDONLY)
-        _dev(root)
-        for src, dst, ro in spec.get("binds", []):
-            step = f"bind {src}:{dst}"
-            target = _mkdirs(root, dst, file=not os.path.isdir(src))
-            m.mount(src, target, None, m.MS_BIND | m.MS_REC)
-            if ro:
-                m.mount(src, target, None, m.MS_BIND | m.MS_REMOUNT | m.MS_RDONLY | m.MS_REC)
-        step = "pivot_root"
-        os.chdir(root)
+        rfd = inroot.open_root(root)
+        for d in _SPECIAL:
+            os.close(inroot.mkdir_all(rfd, d))
+        for src, dst, _ro in spec.binds:        # mount points while the root is still writable
+            if not _special(dst):
+                steps[0] = f"bind {src}:{dst}"
+                os.close(_bind_target(rfd, src, dst))
+        steps[0] = "mounts"
+        attrs = (0 if p.privileged else _privs.MOUNT_ATTR_NODEV) | (_privs.MOUNT_ATTR_RDONLY if spec.readonly else 0)
+        if attrs:
+            steps[0] = "read-only root" if spec.readonly else "mounts"
+            set_mount_attrs(rfd, attrs)
+            steps[0] = "mounts"
+        _mount_at(rfd, "proc", "proc", "proc", _NOSUID_NODEV_NOEXEC)
+        _mount_at(rfd, "sys", "sysfs", "sysfs", _NOSUID_NODEV_NOEXEC | (0 if p.privileged else m.MS_RDONLY))
+        _dev(rfd, spec, p.privileged)
+        for src, dst, ro in spec.binds:
+            steps[0] = f"bind {src}:{dst}"
+            _bind(rfd, src, dst, ro, p.privileged)
+        steps[0] = "pivot_root"
+        os.fchdir(rfd)
+        os.close(rfd)
         _ns.pivot_root(".", ".")
         m.umount(".", m.MNT_DETACH)
         os.chdir("/")
-        if spec.get("readonly"):
-            step = "read-only root"
-            m.mount("/", "/", None, m.MS_BIND | m.MS_REMOUNT | m.MS_RDONLY)
-        step = "hostname"
-        _ns.sethostname(spec["hostname"])
-        if net == "none":
-            step = "loopback"
+        steps[0] = "masked paths"
+        mask_paths(spec.masked_paths, spec.readonly_paths)
+        steps[0] = "hostname"
+        _ns.sethostname(spec.hostname)
+        if spec.network == "none":
+            steps[0] = "loopback"
             loopback_up()
-        step = "user"
-        os.setgroups(spec.get("groups", []))
-        os.setgid(spec["gid"])
-        os.setuid(spec["uid"])
-        step = "workdir"
-        os.chdir(spec.get("workdir") or "/")
-        step = "exec"
-        env = dict(e.split("=", 1) for e in spec["env"])
-        os.execvpe(spec["cmd"][0], spec["cmd"], env)
+        become(p, steps)
     except BaseException as e:  # noqa: BLE001 - everything goes to the error pipe, then exit
-        msg = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        try:
-            os.write(errw, f"{step}: {msg}".encode()[:4000])
-        finally:
-            os._exit(127)
+        _fail(errw, steps[0], e)
 
 
-def join_and_exec(spec: dict[str, Any], errw: int) -> None:
+def join_and_exec(spec: ExecSpec, errw: int, tty_fd: int | None = None) -> None:
     """Exec into a running container: join its cgroup and namespaces, fork into its PID namespace, exec.
 
     This process (the exec shim) stays outside the container's PID namespace and waits for the command;
-    its output goes to ``spec["output"]``, its wait status to the already open ``status_fd``.
+    its output goes to ``spec.output`` (or the pty), its wait status to ``spec.status``.
     """
-    step = "start"
+    steps = ["start"]
     try:
-        pid = spec["pid"]
-        step = "open"
-        out = os.open(spec["output"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-        fin = os.open(spec.get("stdin") or "/dev/null", os.O_RDONLY)
-        status = os.open(spec["status"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-        fds = {k: os.open(f"/proc/{pid}/ns/{k}", os.O_RDONLY | os.O_CLOEXEC) for k in _ns.NS_FLAGS}
-        step = "cgroup"
-        for f in spec["procs_files"]:
+        steps[0] = "open"
+        out = os.open(spec.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+        status = os.open(spec.status, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+        fin = os.open(spec.stdin or "/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+        fds = {k: os.open(f"/proc/{spec.pid}/ns/{k}", os.O_RDONLY | os.O_CLOEXEC) for k in _ns.NS_FLAGS}
+        steps[0] = "cgroup"
+        for f in spec.procs_files:
             with open(f, "w") as fh:
                 fh.write("0")
-        step = "setns"
+        steps[0] = "setns"
         for k, fd in fds.items():
             _ns.setns(fd, _ns.NS_FLAGS[k])
             os.close(fd)
         child = os.fork()
         if child == 0:
+            csteps = ["stdio"]
             try:
-                _default_signals()
-                os.dup2(fin, 0)
-                os.dup2(out, 1)
-                os.dup2(out, 2)
-                os.setgroups(spec.get("groups", []))
-                os.setgid(spec["gid"])
-                os.setuid(spec["uid"])
-                os.chdir(spec.get("workdir") or "/")
-                env = dict(e.split("=", 1) for e in spec["env"])
-                os.execvpe(spec["cmd"][0], spec["cmd"], env)
+                if tty_fd is not None:
+                    _stdio(None, None, tty_fd)
+                else:
+                    os.dup2(fin, 0)
+                    os.dup2(out, 1)
+                    os.dup2(out, 2)
+                become(spec.process, csteps)
             except BaseException as e:  # noqa: BLE001
-                os.write(errw, f"exec: {e.strerror if isinstance(e, OSError) else e}".encode()[:4000])
-                os._exit(127)
+                _fail(errw, csteps[0], e)
         os.close(errw)
+        if tty_fd is not None:
+            os.close(tty_fd)
         _, st = os.waitpid(child, 0)
         os.write(status, str(st).encode())
         os._exit(0)
     except BaseException as e:  # noqa: BLE001
-        try:
-            os.write(errw, f"{step}: {e.strerror if isinstance(e, OSError) else e}".encode()[:4000])
-        finally:
-            os._exit(127)
+        _fail(errw, steps[0], e)

@@ -3,7 +3,8 @@
 Forking copies the page tables of the caller; from a 125 MB notebook kernel that triples a container's
 start time (HOST-NOTES). A :class:`Runtime` therefore starts this module once
 (``python -m labkit.containers._spawner FD``) and sends it requests over a ``SOCK_SEQPACKET`` socket:
-one JSON message per request, a network-namespace fd alongside when there is one (``SCM_RIGHTS``).
+one JSON message per request (``{"op": "run", "spec": RunSpec.to_json(), "fds": ["netns", "tty"]}``), the
+network-namespace fd and the pty slave alongside when there are some (``SCM_RIGHTS``, in ``fds`` order).
 
 For ``run`` the spawner forks a **shim**, which starts a new session, unshares the PID namespace and
 forks the container's PID 1 (:func:`labkit.containers._setup.setup_and_exec`). The shim stays outside
@@ -30,28 +31,30 @@ import weakref
 from typing import Any
 
 from . import _ns, _setup   # imported once here, not after each fork
+from .spec import ExecSpec, RunSpec
 
 MAX_MSG = 1 << 20
 
 
-def _shim_run(spec: dict[str, Any], errw: int, pidw: int, netns_fd: int | None) -> None:
+def _shim_run(spec: RunSpec, errw: int, pidw: int, netns_fd: int | None, tty_fd: int | None) -> None:
     try:
         os.setsid()
         _ns.unshare(_ns.CLONE_NEWPID)
         child = os.fork()
         if child == 0:
             os.close(pidw)
-            _setup.setup_and_exec(spec, errw, netns_fd)
+            _setup.setup_and_exec(spec, errw, netns_fd, tty_fd)
         os.close(errw)
-        if netns_fd is not None:
-            os.close(netns_fd)
+        for fd in (netns_fd, tty_fd):
+            if fd is not None:
+                os.close(fd)
         os.write(pidw, str(child).encode())
         os.close(pidw)
         _, status = os.waitpid(child, 0)
-        tmp = spec["exit"] + ".tmp"
+        tmp = spec.exit + ".tmp"
         with open(tmp, "w") as f:
             f.write(str(status))
-        os.rename(tmp, spec["exit"])
+        os.rename(tmp, spec.exit)
         os._exit(0)
     except BaseException as e:  # noqa: BLE001
         try:
@@ -65,7 +68,11 @@ def _handle(sock: socket.socket, req: dict[str, Any], fds: list[int]) -> dict[st
     if op == "ping":
         return {"ok": True, "pid": os.getpid()}
     if op not in ("run", "exec"):
+        for fd in fds:
+            os.close(fd)
         return {"ok": False, "error": f"unknown op {op!r}"}
+    named = dict(zip(req.get("fds", []), fds))       # which passed fd is which: "netns", "tty"
+    spec = RunSpec.from_json(req["spec"]) if op == "run" else ExecSpec.from_json(req["spec"])
     errr, errw = os.pipe2(os.O_CLOEXEC)
     pidr, pidw = os.pipe2(os.O_CLOEXEC)
     shim = os.fork()
@@ -74,12 +81,12 @@ def _handle(sock: socket.socket, req: dict[str, Any], fds: list[int]) -> dict[st
         sock.close()
         os.close(errr)
         os.close(pidr)
-        if op == "run":
-            _shim_run(req, errw, pidw, fds[0] if fds else None)
+        if isinstance(spec, RunSpec):
+            _shim_run(spec, errw, pidw, named.get("netns"), named.get("tty"))
         else:
             os.close(pidw)
             os.setsid()
-            _setup.join_and_exec(req, errw)
+            _setup.join_and_exec(spec, errw, named.get("tty"))
         os._exit(1)
     os.close(errw)
     os.close(pidw)

@@ -28,17 +28,19 @@ from labkit import errors
 
 PARENT = "labkit"
 PERIOD_US = 100_000
-V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "freezer")
+V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "freezer", "devices")
 V2_CONTROLLERS = ("memory", "cpu", "pids")
 
 
 @dataclass(frozen=True)
 class Limits:
-    """Resource limits; ``None`` means unlimited. ``cpus`` is a number of CPUs (0.5 = half of one)."""
+    """Resource limits; ``None`` means unlimited. ``cpus`` is a number of CPUs (0.5 = half of one);
+    ``devices`` the v1 devices-controller allowlist (``"c 1:3 rwm"`` lines; ``None``: every device)."""
 
     memory: int | None = None
     cpus: float | None = None
     pids: int | None = None
+    devices: tuple[str, ...] | None = None
 
     def cpu_quota_us(self) -> int | None:
         """CFS quota per :data:`PERIOD_US` for ``cpus`` (at least 1000 µs, the kernel's minimum)."""
@@ -127,6 +129,10 @@ class CgroupV1:
             if limits.pids is not None:
                 _need(self.mounts, "pids", "pids limit")
                 _write(self.path("pids") + "/pids.max", str(limits.pids))
+            if limits.devices is not None and "devices" in self.mounts:
+                _write(self.path("devices") + "/devices.deny", "a")     # deny all, then allow the list
+                for rule in limits.devices:
+                    _write(self.path("devices") + "/devices.allow", rule)
         except BaseException:
             for d in reversed(made):
                 _rmdir(d)
@@ -182,20 +188,7 @@ class CgroupV1:
 
     def kill(self, timeout: float = 5.0) -> None:
         """SIGKILL every process in the cgroup (thawing it so they can die) and wait until it is empty."""
-        deadline = time.monotonic() + timeout
-        while True:
-            pids = self.pids()
-            if not pids:
-                return
-            for p in pids:
-                try:
-                    os.kill(p, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            self.thaw()
-            if time.monotonic() > deadline:
-                raise errors.FailedPrecondition(f"cgroup {self.name}", f"processes {pids} survive SIGKILL")
-            time.sleep(0.005)
+        kill_all(self.dirs(), timeout=timeout, what=f"cgroup {self.name}")
 
     def remove(self) -> None:
         """Kill what is left and remove the directories (no error when already gone)."""
@@ -301,18 +294,12 @@ class CgroupV2:
         return _kv(self.dir + "/cgroup.events").get("frozen") == 1
 
     def kill(self, timeout: float = 5.0) -> None:
+        """``cgroup.kill`` where the kernel has it (5.14), then :func:`kill_all` for what is left."""
         if not os.path.exists(self.dir):
             return
         if os.path.exists(self.dir + "/cgroup.kill"):
             _write(self.dir + "/cgroup.kill", "1")
-        else:
-            for p in self.pids():
-                try:
-                    os.kill(p, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-        self.thaw()
-        _wait_for(lambda: not self.pids(), timeout, f"cgroup {self.name} to empty")
+        kill_all(self.dirs(), timeout=timeout, what=f"cgroup {self.name}")
 
     def remove(self) -> None:
         self.kill()
@@ -400,6 +387,63 @@ def _wait_for(cond, timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise errors.FailedPrecondition(what, f"timed out after {timeout} s")
         time.sleep(0.002)
+
+
+def procs(dirs: list[str]) -> set[int]:
+    """Host PIDs listed in ``cgroup.procs`` of the cgroup directories ``dirs`` (missing ones: none)."""
+    out: set[int] = set()
+    for d in dirs:
+        try:
+            out.update(int(x) for x in _read(os.path.join(d, "cgroup.procs")).split())
+        except (FileNotFoundError, ValueError):
+            pass
+    return out
+
+
+def _thaw_dirs(dirs: list[str]) -> None:
+    for d in dirs:          # frozen tasks die only once thawed
+        for fname, value in (("freezer.state", "THAWED"), ("cgroup.freeze", "0")):
+            try:
+                _write(os.path.join(d, fname), value)
+            except (FileNotFoundError, PermissionError):
+                pass
+
+
+def kill_all(dirs: list[str], *, timeout: float = 5.0, what: str = "cgroup") -> None:
+    """SIGKILL every process in the cgroup directories ``dirs`` and wait until they are empty.
+
+    The one kill loop of labkit (containers, ``remove``, ``labkit gc``). Each process is signalled
+    through a pidfd, and only if its pid is still listed in the cgroup *after* the pidfd was opened:
+    a pid recycled by an unrelated process between reading ``cgroup.procs`` and signalling is never
+    hit (the pidfd pins the process it was opened for). Frozen cgroups are thawed so SIGKILL lands.
+    Raises ``FailedPrecondition`` naming ``what`` if processes survive ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        pids = procs(dirs)
+        if not pids:
+            return
+        pinned: dict[int, int] = {}
+        try:
+            for pid in pids:
+                try:
+                    pinned[pid] = os.pidfd_open(pid)
+                except (ProcessLookupError, OSError):
+                    pass
+            still = procs(dirs)
+            for pid, fd in pinned.items():
+                if pid in still:
+                    try:
+                        signal.pidfd_send_signal(fd, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+        finally:
+            for fd in pinned.values():
+                os.close(fd)
+        _thaw_dirs(dirs)
+        if time.monotonic() > deadline:
+            raise errors.FailedPrecondition(what, f"processes {sorted(pids)} survive SIGKILL")
+        time.sleep(0.005)
 
 
 def leftover_cgroups(layout: Layout | None = None) -> dict[str, list[str]]:

@@ -49,12 +49,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         env = dict(e.split("=", 1) for e in args.env) if args.env else None
         c = rt.run(args.rootfs, _strip_dashdash(args.cmd), name=args.name, env=env, workdir=args.workdir, user=args.user,
                    hostname=args.hostname, network=args.network, memory=_size(args.memory), cpus=args.cpus,
-                   pids=args.pids, readonly=args.read_only, binds=args.volume or (), detach=args.detach)
+                   pids=args.pids, readonly=args.read_only, binds=args.volume or (), detach=args.detach,
+                   tty=args.tty and not args.detach, cap_add=args.cap_add or (), cap_drop=args.cap_drop or (),
+                   privileged=args.privileged)
         if args.detach:
             print(c.id)
             return 0
-        sys.stdout.write(c.logs())
-        code = c.exit_code or 0
+        if c.pty is not None:
+            code = c.pty.attach() or 0
+        else:
+            sys.stdout.write(c.logs())
+            code = c.exit_code or 0
         if args.rm:
             c.remove()
         return code
@@ -77,7 +82,13 @@ def cmd_ps(args: argparse.Namespace) -> int:
 def cmd_exec(args: argparse.Namespace) -> int:
     """Run a command in a running container; print its output and exit with its code."""
     with _runtime(args) as rt:
-        code, out = rt.get(args.container).exec(_strip_dashdash(args.cmd), user=args.user, workdir=args.workdir)
+        c = rt.get(args.container)
+        if args.tty:
+            with c.exec(_strip_dashdash(args.cmd), user=args.user, workdir=args.workdir, tty=True,
+                        privileged=args.privileged) as pty:
+                return pty.attach() or 0
+        code, out = c.exec(_strip_dashdash(args.cmd), user=args.user, workdir=args.workdir,
+                           privileged=args.privileged)
     sys.stdout.write(out)
     return code
 
@@ -148,6 +159,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("-v", "--volume", action="append", metavar="HOST:CTR[:ro]")
     s.add_argument("-d", "--detach", action="store_true")
     s.add_argument("--rm", action="store_true", help="remove the container after it exits")
+    s.add_argument("-t", "--tty", action="store_true", help="run on a terminal and attach this one (-it)")
+    s.add_argument("-i", "--interactive", action="store_true", help="accepted for docker's -it; see --tty")
+    s.add_argument("--cap-add", action="append", metavar="CAP", help="add a capability (or ALL)")
+    s.add_argument("--cap-drop", action="append", metavar="CAP", help="drop a capability (or ALL)")
+    s.add_argument("--privileged", action="store_true",
+                   help="every capability, no seccomp, no masked paths, every device (docs/security.md)")
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("ps", help="list containers")
@@ -159,6 +176,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("cmd", nargs=argparse.REMAINDER)
     s.add_argument("-u", "--user")
     s.add_argument("-w", "--workdir")
+    s.add_argument("-t", "--tty", action="store_true", help="run on a terminal and attach this one (-it)")
+    s.add_argument("-i", "--interactive", action="store_true", help="accepted for docker's -it; see --tty")
+    s.add_argument("--privileged", action="store_true", help="lift the container's restrictions for this process")
     s.set_defaults(func=cmd_exec)
 
     for name, fn, hlp in (("logs", cmd_logs, "print a container's output"),

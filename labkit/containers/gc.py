@@ -4,7 +4,11 @@ Importing this module registers :func:`container_leftovers` with :func:`labkit._
 
 Every container is recorded in ``/run/labkit/containers/<id>`` (its state directory). A container's
 things are *leftovers* for ``gc(root)`` when its state directory is inside ``root`` and its shim is gone
-(the container exited without ``remove``, or the shim was killed, or the host process crashed):
+(the container exited without ``remove``, or the shim was killed, or the host process crashed).
+Objects are matched exactly: ``<id>`` is a labkit id (10 hex digits), a veth is ``lk-<id>-h``, a
+cgroup ``labkit/<id>``; anything else with a similar name is not touched. Processes are killed only
+inside those cgroups, each through a pidfd checked against the cgroup after it was opened
+(:func:`labkit.containers.cgroups.kill_all`), so a recycled pid is never hit:
 
 * ``cgroup labkit/<id>``: its processes are killed (a PID 1 whose shim was killed, a frozen tree) and
   its directories removed in every hierarchy (v1 controllers and the v2 tree);
@@ -32,72 +36,59 @@ from labkit._sys.leftovers import inside as _inside
 
 from . import cgroups as cg
 from . import network as net
-from .runtime import REGISTRY, _alive
+from ._proc import alive
+from .runtime import REGISTRY
+from .state import is_id
 
 NETNS_DIR = "/run/netns"
 
 
 def _records() -> dict[str, str]:
+    """Container id -> state directory, from the registry (entries with a malformed id are ignored)."""
     out = {}
     try:
         names = os.listdir(REGISTRY)
     except FileNotFoundError:
         return out
     for cid in names:
+        if not is_id(cid):
+            continue
         try:
             with open(os.path.join(REGISTRY, cid)) as f:
-                out[cid] = f.read().strip()
-        except FileNotFoundError:
+                out[cid] = os.path.normpath(f.read().strip())
+        except (FileNotFoundError, IsADirectoryError, UnicodeDecodeError):
             pass
     return out
 
 
 def _state(state_dir: str | None, cid: str) -> dict[str, Any] | None:
-    if not state_dir:
+    """The raw state.json (gc needs only the shim's pid and start time, and must read old formats)."""
+    if not state_dir or not os.path.isabs(state_dir):
+        return None
+    path = os.path.join(state_dir, cid, "state.json")
+    if not _inside(path, state_dir):
         return None
     try:
-        with open(os.path.join(state_dir, cid, "state.json")) as f:
-            return json.load(f)
-    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
+        with open(path) as f:
+            data = json.load(f)
+        return data if isinstance(data, dict) else None
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError, UnicodeDecodeError):
         return None
 
 
 def _running(state: dict[str, Any] | None) -> bool:
     """The shim still waits for PID 1: a container in normal use, not a leftover."""
-    return bool(state) and _alive(state.get("shim"), state.get("shim_start"))  # type: ignore[union-attr]
+    if not state:
+        return False
+    shim, start = state.get("shim"), state.get("shim_start")
+    return isinstance(shim, int) and isinstance(start, int) and alive(shim, start)
 
 
 def _release_cgroup(cid: str, dirs: list[str]) -> None:
-    import signal
-    import time
-    deadline = time.monotonic() + 5
-    while True:
-        pids: set[int] = set()
-        for d in dirs:
-            try:
-                with open(d + "/cgroup.procs") as f:
-                    pids.update(int(x) for x in f.read().split())
-            except FileNotFoundError:
-                pass
-        if not pids or time.monotonic() > deadline:
-            break
-        for p in pids:
-            try:
-                os.kill(p, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        for d in dirs:                      # frozen tasks die only once thawed
-            for fname, value in (("freezer.state", "THAWED"), ("cgroup.freeze", "0")):
-                if os.path.exists(os.path.join(d, fname)):
-                    with open(os.path.join(d, fname), "w") as f:
-                        f.write(value)
-        time.sleep(0.01)
+    cg.kill_all(dirs, what=f"cgroup {cg.PARENT}/{cid}")
     for d in dirs:
         cg._rmdir(d)
-        try:
-            os.rmdir(os.path.dirname(d))
-        except OSError:
-            pass
+        _rmdir_quiet(os.path.dirname(d))
     net.wait_gone(cid, timeout=1.0)
 
 
@@ -126,6 +117,14 @@ def _release_netns(path: str) -> None:
         pass
 
 
+def _veth_id(name: str) -> str | None:
+    """``lk-<id>-h`` -> ``<id>``; anything else -> ``None``."""
+    if name.startswith(net.PREFIX) and name.endswith("-h"):
+        cid = name[len(net.PREFIX):-2]
+        return cid if is_id(cid) else None
+    return None
+
+
 @collector(order=CONTAINERS)
 def container_leftovers(root: str, everything: bool) -> list[Leftover]:
     """What crashed or unremoved containers of ``root`` (or, with ``everything``, of anyone) hold."""
@@ -134,6 +133,8 @@ def container_leftovers(root: str, everything: bool) -> list[Leftover]:
     cache: dict[str, bool] = {}
 
     def leftover(cid: str) -> bool:
+        if not is_id(cid):
+            return False
         if cid not in cache:
             state_dir = records.get(cid)
             if everything:
@@ -148,24 +149,22 @@ def container_leftovers(root: str, everything: bool) -> list[Leftover]:
     layout = None
     try:
         layout = cg.detect()
-        groups = cg.leftover_cgroups(layout)
+        groups = {cid: dirs for cid, dirs in cg.leftover_cgroups(layout).items() if is_id(cid)}
     except Exception:  # noqa: BLE001 - no cgroups mounted: nothing of ours there either
         groups = {}
     for cid, dirs in sorted(groups.items()):
         if leftover(cid):
-            npids = sum(len(open(d + "/cgroup.procs").read().split()) for d in dirs if os.path.exists(d + "/cgroup.procs"))
+            npids = len(cg.procs(dirs))
             out.append(Leftover("cgroup", f"{cg.PARENT}/{cid}", f"{len(dirs)} hierarchies, {npids} process(es)",
                                 (lambda c=cid, ds=dirs: _release_cgroup(c, ds))))
-    for parent in layout.parents() if groups is not None and layout is not None else []:
+    for parent in layout.parents() if layout is not None else []:
         if os.path.isdir(parent) and not any(os.path.isdir(os.path.join(parent, n)) for n in os.listdir(parent)):
             out.append(Leftover("cgroup", parent, "empty labkit parent", (lambda p=parent: _rmdir_quiet(p))))
     links = net.links()
     for name, kind in links:
-        if kind == "veth" and name.endswith("-h"):
-            cid = name[len(net.PREFIX):-2]
-            if leftover(cid):
-                out.append(Leftover("veth", name, f"host end of container {cid}",
-                                    (lambda n=name: net.delete_link(n))))
+        cid = _veth_id(name) if kind == "veth" else None
+        if cid and leftover(cid):
+            out.append(Leftover("veth", name, f"host end of container {cid}", (lambda n=name: net.delete_link(n))))
     records_ip = net.ipam_records()
     for br, ip, cid in records_ip:
         if leftover(cid):
@@ -173,17 +172,19 @@ def container_leftovers(root: str, everything: bool) -> list[Leftover]:
                                 (lambda b=br, i=ip: net.release_record(b, i))))
     used_bridges = {br for br, _ip, cid in records_ip if not leftover(cid)}
     for name, kind in links:
-        if kind == "bridge" and name not in used_bridges:
-            ports = os.listdir(f"/sys/class/net/{name}/brif") if os.path.isdir(f"/sys/class/net/{name}/brif") else []
+        if kind == "bridge" and name.startswith(net.PREFIX) and name not in used_bridges:
+            brif = f"/sys/class/net/{name}/brif"
+            ports = os.listdir(brif) if os.path.isdir(brif) else []
             if everything or not ports:
                 out.append(Leftover("bridge", name, f"{len(ports)} port(s)", (lambda n=name: net.delete_link(n))))
     if os.path.isdir(NETNS_DIR):
         for n in sorted(os.listdir(NETNS_DIR)):
-            if n.startswith(net.PREFIX) and (everything or leftover(n[len(net.PREFIX):])):
+            cid = n[len(net.PREFIX):] if n.startswith(net.PREFIX) else ""
+            if is_id(cid) and (everything or leftover(cid)):
                 out.append(Leftover("netns", os.path.join(NETNS_DIR, n), "named network namespace",
                                     (lambda p=os.path.join(NETNS_DIR, n): _release_netns(p))))
-    for cid in sorted(records):
-        if cid not in groups and leftover(cid):
+    for cid in sorted(records):             # after its cgroup (released first, in this order)
+        if leftover(cid):
             out.append(Leftover("record", os.path.join(REGISTRY, cid), f"state in {records[cid]}",
                                 (lambda c=cid: _forget(c))))
     return out

@@ -22,72 +22,35 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import select
 import shutil
-from signal import SIGKILL, SIGTERM
+import stat
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import ExitStack, contextmanager
+from signal import SIGKILL, SIGTERM
 from typing import Any, Iterable, Iterator, Sequence
 
 from labkit import errors
+from labkit._sys.leftovers import inside
 
+from . import capabilities, inroot
 from . import cgroups as cg
 from . import network as net
+from . import seccomp
+from ._proc import alive as _alive
+from ._proc import send_signal, starttime
+from ._proc import wait_pid as _wait_pid
 from ._spawner import Spawner
+from .security import DEVICE_RULES, DEVICES, Profile
+from .spec import ExecSpec, ProcessSpec, RunSpec
+from .state import Bind, CgroupRef, ContainerState, check_name, is_id
+from .tty import Pty
+
+__all__ = ["Runtime", "Container", "Bind", "ContainerState", "decode_status", "REGISTRY"]
 
 REGISTRY = os.path.join(net.RUN_DIR, "containers")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 NETWORKS = ("none", "bridge", "host")
-
-
-@dataclass(frozen=True)
-class Bind:
-    """A bind mount: host path -> container path, read-only when ``ro``."""
-
-    source: str
-    target: str
-    ro: bool = False
-
-    @classmethod
-    def parse(cls, spec: str | tuple[str, str] | tuple[str, str, bool] | Bind) -> Bind:
-        """Accept ``Bind``, ``(src, dst[, ro])`` or docker's ``"src:dst[:ro]"``.
-
-        >>> Bind.parse("/tmp:/data:ro")
-        Bind(source='/tmp', target='/data', ro=True)
-        """
-        if isinstance(spec, Bind):
-            b = spec
-        elif isinstance(spec, str):
-            parts = spec.split(":")
-            if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
-                raise errors.InvalidArgument(f"bind {spec!r}", "expected HOST:CONTAINER[:ro]")
-            b = cls(parts[0], parts[1], len(parts) == 3 and parts[2] == "ro")
-        else:
-            b = cls(spec[0], spec[1], bool(spec[2]) if len(spec) > 2 else False)  # type: ignore[misc]
-        if not os.path.isabs(b.source) or not os.path.isabs(b.target):
-            raise errors.InvalidArgument(f"bind {b.source}:{b.target}", "both paths must be absolute")
-        if not os.path.exists(b.source):
-            raise errors.NotFound(f"bind source {b.source}", fix="create it first")
-        return b
-
-
-def _starttime(pid: int) -> int | None:
-    """Field 22 of /proc/<pid>/stat (start time in ticks), which tells a process from a later one with its
-    pid; ``None`` when the process is gone or a zombie (dead, only not yet reaped by its new parent)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    try:
-        return None if fields[0] in ("Z", "X") else int(fields[19])
-    except (IndexError, ValueError):
-        return None
-
-
-def _alive(pid: int | None, start: int | None) -> bool:
-    return bool(pid) and start is not None and _starttime(pid) == start  # type: ignore[arg-type]
+HOSTNAME_MAX = 64
 
 
 def decode_status(status: int) -> tuple[int, int | None]:
@@ -101,36 +64,50 @@ def decode_status(status: int) -> tuple[int, int | None]:
     return os.WEXITSTATUS(status), None
 
 
+def _table(rootfs: str, name: str) -> list[list[str]]:
+    """Rows of the rootfs's ``/etc/<name>``, read without leaving the rootfs (symlinks are resolved
+    inside it; a device, FIFO or huge file there is refused, never read)."""
+    rfd = inroot.open_root(rootfs)
+    try:
+        data = inroot.read_file(rfd, f"/etc/{name}")
+    except OSError as e:
+        raise errors.InvalidArgument(f"/etc/{name} in {rootfs}", e.strerror or str(e),
+                                     fix="make it a regular file or give a numeric uid:gid") from None
+    finally:
+        os.close(rfd)
+    if data is None:
+        return []
+    return [ln.split(":") for ln in data.decode(errors="replace").splitlines() if ln.count(":") >= 2]
+
+
 def _resolve_user(rootfs: str, user: str | int | None) -> tuple[int, int, str]:
     """``user`` (name, uid, ``uid:gid``, ``name:group``) -> (uid, gid, home) via the rootfs's /etc files."""
     if user is None or user == "":
         user = "0"
     u, _, g = str(user).partition(":")
-
-    def table(name: str) -> list[list[str]]:
-        try:
-            with open(os.path.join(rootfs, "etc", name)) as f:
-                return [ln.rstrip("\n").split(":") for ln in f if ln.count(":") >= 2]
-        except FileNotFoundError:
-            return []
-    passwd = table("passwd")
     home = "/"
     if u.isdigit():
         uid = int(u)
-        row = next((r for r in passwd if r[2] == u), None)
-        gid = int(row[3]) if row else uid
+        try:
+            rows = _table(rootfs, "passwd")
+        except errors.InvalidArgument:
+            rows = []                      # a numeric uid needs no lookup: only HOME and gid come from there
+        row = next((r for r in rows if r[2] == u), None)
+        gid = int(row[3]) if row and row[3].isdigit() else uid
         home = row[5] if row and len(row) > 5 else "/"
     else:
-        row = next((r for r in passwd if r[0] == u), None)
+        row = next((r for r in _table(rootfs, "passwd") if r[0] == u), None)
         if row is None:
             raise errors.NotFound(f"user {u!r} in {rootfs}/etc/passwd", fix="give a numeric uid:gid")
+        if not (row[2].isdigit() and len(row) > 3 and row[3].isdigit()):
+            raise errors.InvalidArgument(f"user {u!r} in {rootfs}/etc/passwd", "malformed line")
         uid, gid, home = int(row[2]), int(row[3]), row[5] if len(row) > 5 else "/"
     if g:
         if g.isdigit():
             gid = int(g)
         else:
-            grow = next((r for r in table("group") if r[0] == g), None)
-            if grow is None:
+            grow = next((r for r in _table(rootfs, "group") if r[0] == g), None)
+            if grow is None or not grow[2].isdigit():
                 raise errors.NotFound(f"group {g!r} in {rootfs}/etc/group", fix="give a numeric gid")
             gid = int(grow[2])
     return uid, gid, home
@@ -146,69 +123,58 @@ def _env(base: dict[str, str], extra: dict[str, str] | Sequence[str] | None) -> 
             if not sep:
                 raise errors.InvalidArgument(f"environment entry {e!r}", "expected KEY=VALUE")
             env[k] = v
+    for k, v in env.items():
+        if not k or "=" in k or "\0" in k + v:
+            raise errors.InvalidArgument(f"environment entry {k!r}", "names must be non-empty, without '=' or NUL")
     return [f"{k}={v}" for k, v in env.items()]
 
 
-def _write_json(path: str, data: dict[str, Any]) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f)
-    os.replace(tmp, path)
+def _process(profile: Profile, *, cmd: Sequence[str], env: list[str], workdir: str, uid: int, gid: int,
+             tty: bool = False) -> ProcessSpec:
+    """The spawner's view of a process under ``profile`` (the seccomp filter compiled here, not there)."""
+    return ProcessSpec(cmd=list(cmd), env=env, workdir=workdir, uid=uid, gid=gid, groups=[gid] if gid else [],
+                       caps=capabilities.mask(profile.caps), privileged=profile.privileged,
+                       no_new_privs=profile.no_new_privs,
+                       seccomp=seccomp.compile_bpf(frozenset(profile.caps)) if profile.seccomp else b"",
+                       rlimits=[tuple(r) for r in profile.rlimits],  # type: ignore[misc]
+                       tty_path="pty" if tty else None)
 
 
-def _cgroup_from(state: dict[str, Any]) -> cg.Cgroup:
-    c = state["cgroup"]
-    if c["version"] == 2:
-        return cg.CgroupV2(state["id"], c["root"])
-    return cg.CgroupV1(state["id"], c["mounts"])
-
-
-def _cgroup_state(cgroup: cg.Cgroup) -> dict[str, Any]:
-    if isinstance(cgroup, cg.CgroupV2):
-        return {"version": 2, "root": cgroup.root, "name": cgroup.name}
-    return {"version": 1, "mounts": cgroup.mounts, "name": cgroup.name}
-
-
-def _wait_pid(pid: int, timeout: float | None) -> bool:
-    """Wait (with a pidfd, no polling) until ``pid`` exits; False on timeout."""
+def _unlink(path: str) -> None:
     try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        p = select.poll()
-        p.register(fd, select.POLLIN)
-        return bool(p.poll(None if timeout is None else max(0, int(timeout * 1000))))
-    finally:
-        os.close(fd)
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 class Container:
     """One container, backed by ``<state_dir>/<id>/state.json``; get it from :meth:`Runtime.run`,
-    :meth:`Runtime.get` or :meth:`Runtime.list`.
+    :meth:`Runtime.get` or :meth:`Runtime.list`. ``state`` is its :class:`ContainerState`.
 
     >>> c = rt.run(rootfs, ["sleep", "60"], detach=True)     # doctest: +SKIP
     >>> c.exec(["ps"])[0], c.stop(timeout=1), c.exit_code     # doctest: +SKIP
     (0, None, 137)
     """
 
-    def __init__(self, runtime: Runtime, state: dict[str, Any]) -> None:
+    def __init__(self, runtime: Runtime, state: ContainerState, pty: Pty | None = None) -> None:
         self.runtime = runtime
         self.state = state
+        #: the terminal of a ``tty=True`` container, in the process that started it (else ``None``)
+        self.pty = pty
 
     # -- identity -------------------------------------------------------------------------------------
-    id = property(lambda self: self.state["id"])
-    name = property(lambda self: self.state["name"])
-    pid = property(lambda self: self.state.get("pid"), doc="host PID of the container's PID 1")
-    ip = property(lambda self: self.state.get("ip"), doc="address on the bridge (bridge network only)")
-    dir = property(lambda self: os.path.join(self.runtime.state_dir, self.id))
-    cgroup = property(lambda self: _cgroup_from(self.state))
+    id = property(lambda self: self.state.id)
+    name = property(lambda self: self.state.name)
+    pid = property(lambda self: self.state.pid, doc="host PID of the container's PID 1")
+    ip = property(lambda self: self.state.ip, doc="address on the bridge (bridge network only)")
+    dir = property(lambda self: self.runtime._dir(self.id))
+    cgroup = property(lambda self: self.state.cgroup.open(self.id))
 
     def __repr__(self) -> str:
         return f"<Container {self.name} {self.id} {self.status}>"
 
     def _save(self) -> None:
-        _write_json(os.path.join(self.dir, "state.json"), self.state)
+        self.state.save(os.path.join(self.dir, "state.json"))
 
     # -- status ---------------------------------------------------------------------------------------
     def _exit_status(self) -> int | None:
@@ -223,7 +189,7 @@ class Container:
         """True while PID 1 lives (checked against its start time, so a reused PID does not count)."""
         if self._exit_status() is not None:
             return False
-        return _alive(self.state.get("pid"), self.state.get("pid_start"))
+        return _alive(self.state.pid, self.state.pid_start)
 
     @property
     def status(self) -> str:
@@ -250,14 +216,16 @@ class Container:
         Raises ``TimeoutError`` when it still runs after ``timeout`` seconds.
         """
         if self._exit_status() is None:
-            shim_ok = _alive(self.state.get("shim"), self.state.get("shim_start"))
-            pid = self.state["shim"] if shim_ok else (self.pid if self.running else None)
+            s = self.state
+            shim_ok = _alive(s.shim, s.shim_start)
+            pid = s.shim if shim_ok else (s.pid if self.running else None)
             if pid and not _wait_pid(pid, timeout):
                 raise TimeoutError(f"container {self.name} still running after {timeout} s")
         return self.exit_code
 
     def logs(self) -> str:
-        """Everything the container wrote to stdout and stderr so far."""
+        """Everything the container wrote to stdout and stderr so far (empty for a ``tty`` container:
+        its output goes to the terminal)."""
         try:
             with open(os.path.join(self.dir, "log"), errors="replace") as f:
                 return f.read()
@@ -266,12 +234,10 @@ class Container:
 
     # -- control --------------------------------------------------------------------------------------
     def kill(self, sig: int = SIGKILL) -> None:
-        """Send ``sig`` to PID 1 (only delivered when PID 1 handles it, except SIGKILL/SIGSTOP)."""
-        if self.running:
-            try:
-                os.kill(self.pid, sig)
-            except ProcessLookupError:
-                pass
+        """Send ``sig`` to PID 1 (only delivered when PID 1 handles it, except SIGKILL/SIGSTOP), through
+        a pidfd checked against PID 1's start time."""
+        if self._exit_status() is None:
+            send_signal(self.state.pid, self.state.pid_start, sig)
 
     def stop(self, timeout: float = 10) -> int | None:
         """SIGTERM, then SIGKILL after ``timeout`` seconds; release the network; return the exit code."""
@@ -288,10 +254,11 @@ class Container:
         return self.exit_code
 
     def _release_network(self) -> None:
-        if self.state.get("network") == "bridge" and not self.state.get("network_released"):
+        s = self.state
+        if s.network == "bridge" and not s.network_released:
             net.wait_gone(self.id)
-            net.detach(self.id, net.BridgeConfig(**self.state["bridge"]), self.state.get("ip"))
-            self.state["network_released"] = True
+            net.detach(self.id, s.bridge, s.ip)
+            s.network_released = True
             self._save()
 
     def freeze(self, timeout: float = 5.0) -> None:
@@ -326,48 +293,81 @@ class Container:
 
     def exec(self, cmd: Sequence[str], *, env: dict[str, str] | Sequence[str] | None = None,
              workdir: str | None = None, user: str | int | None = None, stdin: bytes | None = None,
-             timeout: float | None = None) -> tuple[int, str]:
+             timeout: float | None = None, tty: bool = False, cap_add: Sequence[str] = (),
+             cap_drop: Sequence[str] = (), privileged: bool = False) -> Any:
         """Run ``cmd`` inside the running container (all its namespaces, its cgroup); return
-        ``(exit code, stdout+stderr)``.
+        ``(exit code, stdout+stderr)``, or with ``tty=True`` at once a :class:`~labkit.containers.tty.Pty`
+        (its ``wait()`` gives the exit code).
+
+        The process gets the container's security profile: its capabilities (``cap_add``/``cap_drop``
+        change them relative to the container's set, ``privileged`` lifts every restriction for this
+        process as ``docker exec --privileged`` does), ``no_new_privs``, the seccomp filter, rlimits.
 
         >>> c.exec(["hostname"])                 # doctest: +SKIP
         (0, 'box\\n')
         """
         if not self.running:
             raise errors.FailedPrecondition(f"container {self.name}", "is not running", fix="start a new one")
-        if not cmd:
-            raise errors.InvalidArgument("exec command", "is empty")
+        if isinstance(cmd, str) or not cmd:
+            raise errors.InvalidArgument(f"exec command {cmd!r}", "must be a non-empty list")
+        if tty and stdin is not None:
+            raise errors.InvalidArgument("exec stdin", "cannot be given with tty=True", fix="write to the Pty")
         s = self.state
-        uid, gid = s["uid"], s["gid"]
+        uid, gid = s.uid, s.gid
         if user is not None:
-            uid, gid, _ = _resolve_user(s["rootfs"], user)
-        tag = secrets.token_hex(4)
-        base = os.path.join(self.dir, f"exec-{tag}")
-        req: dict[str, Any] = {"op": "exec", "pid": self.pid, "cmd": list(cmd), "uid": uid, "gid": gid,
-                               "groups": [gid] if gid else [], "procs_files": self.cgroup.procs_files(),
-                               "env": _env(dict(e.split("=", 1) for e in s["env"]), env),
-                               "workdir": workdir or s["workdir"], "output": base + ".out",
-                               "status": base + ".status"}
+            uid, gid, _ = _resolve_user(s.rootfs, user)
+        profile = s.profile
+        if privileged or cap_add or cap_drop:
+            profile = Profile.make(cap_add=cap_add, cap_drop=cap_drop, privileged=privileged or s.profile.privileged,
+                                   base=s.profile.caps)
+        base = os.path.join(self.dir, f"exec-{secrets.token_hex(4)}")
+        spec = ExecSpec(process=_process(profile, cmd=cmd, env=_env(dict(e.split("=", 1) for e in s.env), env),
+                                         workdir=workdir or s.workdir, uid=uid, gid=gid, tty=tty),
+                        pid=s.pid, output=base + ".out", status=base + ".status",  # type: ignore[arg-type]
+                        procs_files=self.cgroup.procs_files())
         if stdin is not None:
             with open(base + ".in", "wb") as f:
                 f.write(stdin)
-            req["stdin"] = base + ".in"
+            spec.stdin = base + ".in"
+        master = None
+        done = False
         try:
-            reply = self.runtime._spawner.request(req)
+            if tty:
+                master, slave = os.openpty()
+                try:
+                    reply = self.runtime._spawner.request({"op": "exec", "spec": spec.to_json(), "fds": ["tty"]},
+                                                          [slave])
+                finally:
+                    os.close(slave)
+            else:
+                reply = self.runtime._spawner.request({"op": "exec", "spec": spec.to_json()})
             if not reply["ok"]:
                 raise _start_error(f"exec in container {self.name}", reply["error"])
-            if not _wait_pid(reply["shim"], timeout):
-                raise TimeoutError(f"exec {cmd[0]} in container {self.name} still running after {timeout} s")
+            if tty:
+                shim = reply["shim"]
+                pty = Pty(master, lambda t=None: self._exec_result(shim, base, t, cmd)[0])   # type: ignore[misc]
+                master = None
+                done = True
+                return pty
+            return self._exec_result(reply["shim"], base, timeout, cmd)
+        finally:
+            if master is not None:
+                os.close(master)
+            if not done:
+                for ext in (".out", ".status", ".in"):
+                    _unlink(base + ext)
+
+    def _exec_result(self, shim: int, base: str, timeout: float | None, cmd: Sequence[str]) -> tuple[int, str]:
+        if not _wait_pid(shim, timeout):
+            raise TimeoutError(f"exec {cmd[0]} in container {self.name} still running after {timeout} s")
+        try:
             with open(base + ".status") as f:
                 code = decode_status(int(f.read() or "0"))[0]
             with open(base + ".out", errors="replace") as f:
                 return code, f.read()
         finally:
             for ext in (".out", ".status", ".in"):
-                try:
-                    os.unlink(base + ext)
-                except FileNotFoundError:
-                    pass
+                _unlink(base + ext)
 
     def remove(self, *, force: bool = False) -> None:
         """Delete the container: its cgroup, network, state directory. A running one needs ``force``
@@ -379,17 +379,23 @@ class Container:
             self.stop(timeout=0)
         self._release_network()
         self.cgroup.remove()       # the labkit/ parents stay for the next run until Runtime.close()
-        try:
-            os.unlink(os.path.join(REGISTRY, self.id))
-        except FileNotFoundError:
-            pass
-        shutil.rmtree(self.dir, ignore_errors=True)
+        _unlink(_registry_path(self.id))
+        self.runtime._remove_dir(self.id)
+        pty = self.runtime._ptys.pop(self.id, None) or self.pty
+        if pty is not None:
+            pty.close()
 
     def __enter__(self) -> Container:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.remove(force=True)
+
+
+def _registry_path(cid: str) -> str:
+    if not is_id(cid):
+        raise errors.InvalidArgument(f"container id {cid!r}", "is not a labkit container id")
+    return os.path.join(REGISTRY, cid)
 
 
 def _start_error(what: str, msg: str) -> errors.LabkitError:
@@ -419,32 +425,58 @@ class Runtime:
             raise errors.Unsupported("container runtime", "needs root (namespaces, mounts, cgroups)",
                                      fix="run as root, in a VM")
         self.state_dir = os.path.realpath(state_dir)
-        os.makedirs(self.state_dir, exist_ok=True)
+        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
         self.bridge = bridge or net.BridgeConfig()
         self.layout = layout or cg.detect()
         self._spawner = Spawner()
+        self._ptys: dict[str, Pty] = {}      # terminals of the tty containers this Runtime started
+
+    # -- paths ----------------------------------------------------------------------------------------
+    def _dir(self, cid: str) -> str:
+        """``<state_dir>/<cid>``, checked: a well-formed id, and a path that stays inside the state dir."""
+        if not is_id(cid):
+            raise errors.InvalidArgument(f"container id {cid!r}", "is not a labkit container id")
+        d = os.path.join(self.state_dir, cid)
+        if not inside(d, self.state_dir):
+            raise errors.InvalidArgument(f"container directory {d}", f"is outside {self.state_dir}")
+        return d
+
+    def _remove_dir(self, cid: str) -> None:
+        d = self._dir(cid)
+        try:
+            st = os.lstat(d)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(st.st_mode):                    # never follow a symlink planted there
+            shutil.rmtree(d, ignore_errors=True)
+        else:
+            _unlink(d)
 
     # -- lookup ---------------------------------------------------------------------------------------
-    def _states(self) -> Iterable[dict[str, Any]]:
+    def _states(self) -> Iterable[ContainerState]:
         for cid in sorted(os.listdir(self.state_dir)):
+            if not is_id(cid):
+                continue
             try:
-                with open(os.path.join(self.state_dir, cid, "state.json")) as f:
-                    yield json.load(f)
-            except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
+                yield ContainerState.load(os.path.join(self._dir(cid), "state.json"))
+            except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError, KeyError, TypeError, ValueError):
                 continue
 
     def list(self) -> list[Container]:
         """Every container in the state directory, running or not."""
-        return [Container(self, s) for s in self._states()]
+        return [Container(self, s, self._ptys.get(s.id)) for s in self._states() if s.id and is_id(s.id)]
 
     def ps(self) -> list[dict[str, Any]]:
-        """``docker ps -a`` as rows: id, name, status, exit code, pid, ip, network, command."""
+        """``docker ps -a`` as rows (for a DataFrame): id, name, status, exit code, pid, ip, network,
+        command, privileged."""
         return [{"id": c.id, "name": c.name, "status": c.status, "exit_code": c.exit_code, "pid": c.pid,
-                 "ip": c.ip, "network": c.state["network"], "command": " ".join(c.state["cmd"])}
+                 "ip": c.ip, "network": c.state.network, "command": " ".join(c.state.cmd),
+                 "privileged": c.state.profile.privileged}
                 for c in self.list()]
 
     def get(self, name_or_id: str) -> Container:
         """The container with this name or id (or unique id prefix)."""
+        check_name(name_or_id)
         found = [c for c in self.list() if c.name == name_or_id or c.id == name_or_id]
         if not found:
             found = [c for c in self.list() if c.id.startswith(name_or_id)]
@@ -458,14 +490,26 @@ class Runtime:
             user: str | int | None = None, hostname: str | None = None, network: str = "none",
             memory: int | None = None, cpus: float | None = None, pids: int | None = None,
             readonly: bool = False, binds: Sequence[str | tuple | Bind] = (), detach: bool = False,
-            stdin: bytes | None = None) -> Container:
-        """Run ``cmd`` in a new container rooted at ``rootfs``; wait for it unless ``detach``.
+            stdin: bytes | bool | None = None, tty: bool = False, cap_add: Sequence[str] = (),
+            cap_drop: Sequence[str] = (), privileged: bool = False) -> Container:
+        """Run ``cmd`` in a new container rooted at ``rootfs``; wait for it unless ``detach`` or ``tty``.
 
-        Parameters: ``name`` (default: the id; also the hostname unless ``hostname``), ``env`` (added to
-        PATH/HOME/HOSTNAME), ``workdir``, ``user`` (``name``, ``uid`` or ``uid:gid`` from the rootfs's
-        /etc/passwd), ``network`` (``none`` | ``bridge`` | ``host``), ``memory`` (bytes), ``cpus``
-        (0.5 = half a CPU), ``pids`` (max processes), ``readonly`` root, ``binds`` (``"src:dst[:ro]"``),
-        ``stdin`` (bytes fed to the command; default /dev/null).
+        Parameters: ``name`` (``[a-zA-Z0-9][a-zA-Z0-9_.-]*``, at most 128 characters; default: the id;
+        also the hostname unless ``hostname`` or longer than 64), ``env`` (added to PATH/HOME/HOSTNAME),
+        ``workdir``, ``user`` (``name``, ``uid`` or ``uid:gid`` from the rootfs's /etc/passwd),
+        ``network`` (``none`` | ``bridge`` | ``host``), ``memory`` (bytes), ``cpus`` (0.5 = half a CPU),
+        ``pids`` (max processes), ``readonly`` root, ``binds`` (``"src:dst[:ro]"``), ``stdin`` (bytes
+        fed to the command; default /dev/null).
+
+        Security (docs/security.md): Docker's default profile - 14 capabilities, changed with
+        ``cap_add``/``cap_drop`` (names with or without ``CAP_``, or ``"ALL"``), ``no_new_privs``, a
+        seccomp filter, masked and read-only /proc and /sys paths, a device allowlist, rlimits.
+        ``privileged=True`` turns all of that off (every capability, no seccomp, every device).
+
+        ``tty=True``: the command runs on a pseudo-terminal (as its session leader) and ``run`` returns
+        at once; talk to ``container.pty`` (:class:`~labkit.containers.tty.Pty`: ``read``, ``write``,
+        ``attach()`` your terminal), then ``wait()``. ``stdin=True`` is accepted with it (the terminal
+        is the input).
 
         If any set-up step fails, what was made (network, cgroup, state) is removed and one error is
         raised: ``InvalidArgument`` for a command that cannot be executed, ``FailedPrecondition`` else.
@@ -483,75 +527,89 @@ class Runtime:
         for v, what in ((memory, "memory"), (cpus, "cpus"), (pids, "pids")):
             if v is not None and v <= 0:
                 raise errors.InvalidArgument(f"{what} limit {v}", "must be positive")
+        if stdin is True and not tty:
+            raise errors.InvalidArgument("stdin=True", "an attached stdin needs tty=True", fix="give bytes instead")
+        if tty and stdin not in (None, True):
+            raise errors.InvalidArgument("stdin bytes", "cannot be given with tty=True", fix="write to container.pty")
         cid = secrets.token_hex(5)
-        name = name or cid
+        name = check_name(name) if name is not None else cid
         if name != cid and any(c.name == name for c in self.list()):   # a fresh id is unique: skip the scan
             raise errors.AlreadyExists(f"container {name!r}", fix="pick another name or remove the old one")
-        hostname = hostname or name
-        if len(hostname.encode()) > 64:
-            raise errors.InvalidArgument(f"hostname {hostname!r}", "longer than 64 bytes")
+        if hostname is None:
+            hostname = name if len(name) <= HOSTNAME_MAX else cid
+        if len(hostname.encode()) > HOSTNAME_MAX or not hostname or "\0" in hostname or "/" in hostname:
+            raise errors.InvalidArgument(f"hostname {hostname!r}", f"must be 1 to {HOSTNAME_MAX} bytes, without / or NUL")
         bind_list = [Bind.parse(b) for b in binds]
+        profile = Profile.make(cap_add=cap_add, cap_drop=cap_drop, privileged=privileged)
         uid, gid, home = _resolve_user(rootfs, user)
-        envl = _env({"PATH": DEFAULT_PATH, "HOSTNAME": hostname, "HOME": home}, env)
+        envl = _env({"PATH": DEFAULT_PATH, "HOSTNAME": hostname, "HOME": home} | ({"TERM": "xterm"} if tty else {}),
+                    env)
+        process = _process(profile, cmd=cmd, env=envl, workdir=workdir, uid=uid, gid=gid, tty=tty)
 
-        d = os.path.join(self.state_dir, cid)
-        os.makedirs(d)
+        d = self._dir(cid)
         cgroup = self.layout.cgroup(cid)
-        state: dict[str, Any] = {
-            "id": cid, "name": name, "rootfs": rootfs, "cmd": list(cmd), "env": envl, "workdir": workdir,
-            "uid": uid, "gid": gid, "hostname": hostname, "network": network, "readonly": readonly,
-            "binds": [[b.source, b.target, b.ro] for b in bind_list], "created": time.time(),
-            "limits": {"memory": memory, "cpus": cpus, "pids": pids}, "cgroup": _cgroup_state(cgroup),
-            "bridge": {"name": self.bridge.name, "subnet": self.bridge.subnet, "nat": self.bridge.nat}}
-        att: net.Attachment | None = None
-        made_cgroup = False
-        try:
-            _write_json(os.path.join(d, "state.json"), state)
+        limits = cg.Limits(memory=memory, cpus=cpus, pids=pids,
+                           devices=None if profile.privileged else DEVICE_RULES)
+        state = ContainerState(
+            id=cid, name=name, rootfs=rootfs, cmd=list(cmd), env=envl, workdir=workdir, uid=uid, gid=gid,
+            hostname=hostname, network=network, readonly=readonly, binds=bind_list, created=time.time(),
+            limits=limits, cgroup=CgroupRef.of(cgroup), bridge=self.bridge, profile=profile, tty=tty)
+        spec = RunSpec(process=process, rootfs=rootfs, hostname=hostname, network=network,
+                       log=os.path.join(d, "log"), exit=os.path.join(d, "exit"),
+                       procs_files=cgroup.procs_files(), readonly=readonly,
+                       binds=[(b.source, b.target, b.ro) for b in bind_list], devices=dict(DEVICES),
+                       masked_paths=list(profile.masked_paths), readonly_paths=list(profile.readonly_paths))
+        pty: Pty | None = None
+        with ExitStack() as undo:                 # everything made is unmade if a later step fails
+            os.mkdir(d, 0o700)
+            undo.callback(self._remove_dir, cid)
+            state.save(os.path.join(d, "state.json"))
             os.makedirs(REGISTRY, exist_ok=True)
-            with open(os.path.join(REGISTRY, cid), "w") as f:
+            with open(_registry_path(cid), "w") as f:
                 f.write(self.state_dir)
-            cgroup.create(cg.Limits(memory=memory, cpus=cpus, pids=pids))
-            made_cgroup = True
+            undo.callback(_unlink, _registry_path(cid))
+            cgroup.create(limits)
+            undo.callback(cgroup.remove)
+            req: dict[str, Any] = {"op": "run", "fds": []}
+            fds: list[int] = []
             if network == "bridge":
                 att = net.attach(cid, self.bridge)
-                state["ip"] = att.ip
-            req = {"op": "run", "rootfs": rootfs, "cmd": list(cmd), "env": envl, "workdir": workdir,
-                   "uid": uid, "gid": gid, "groups": [gid] if gid else [], "hostname": hostname,
-                   "network": network, "readonly": readonly, "binds": state["binds"],
-                   "procs_files": cgroup.procs_files(), "log": os.path.join(d, "log"),
-                   "exit": os.path.join(d, "exit")}
-            if stdin is not None:
+                undo.callback(net.detach, cid, self.bridge, att.ip)
+                undo.callback(net.wait_gone, cid)
+                state.ip = att.ip
+                req["fds"].append("netns")
+                fds.append(att.netns_fd)
+            if stdin is not None and stdin is not True:
                 with open(os.path.join(d, "stdin"), "wb") as f:
                     f.write(stdin)
-                req["stdin"] = os.path.join(d, "stdin")
+                spec.stdin = os.path.join(d, "stdin")
+            if tty:
+                master, slave = os.openpty()
+                pty = Pty(master, lambda t=None: c.wait(t))
+                undo.callback(pty.close)
+                req["fds"].append("tty")
+                fds.append(slave)
+            req["spec"] = spec.to_json()
             try:
-                reply = self._spawner.request(req, [att.netns_fd] if att else None)
+                reply = self._spawner.request(req, fds)
             finally:
-                if att:
-                    os.close(att.netns_fd)
+                for fd in fds:
+                    os.close(fd)
             if not reply["ok"]:
                 if reply.get("shim"):
                     _wait_pid(reply["shim"], 5)   # let the shim finish before its directory goes
                 raise _start_error(f"container {name}", reply["error"])
-            state.update(shim=reply["shim"], shim_start=_starttime(reply["shim"]), pid=reply["pid"],
-                         pid_start=_starttime(reply["pid"]), started=time.time())
-            if state["pid_start"] is None:       # already gone: /bin/true is that fast
-                state["pid_start"] = -1
-            _write_json(os.path.join(d, "state.json"), state)
-        except BaseException:
-            if att:
-                net.wait_gone(cid)
-                net.detach(cid, self.bridge, att.ip)
-            if made_cgroup:
-                cgroup.remove()
-            try:
-                os.unlink(os.path.join(REGISTRY, cid))
-            except FileNotFoundError:
-                pass
-            shutil.rmtree(d, ignore_errors=True)
-            raise
-        c = Container(self, state)
-        if not detach:
+            state.shim, state.shim_start = reply["shim"], starttime(reply["shim"])
+            state.pid, state.pid_start = reply["pid"], starttime(reply["pid"])
+            state.started = time.time()
+            if state.pid_start is None:          # already gone: /bin/true is that fast
+                state.pid_start = -1
+            state.save(os.path.join(d, "state.json"))
+            undo.pop_all()
+        c = Container(self, state, pty)
+        if pty is not None:
+            self._ptys[cid] = pty
+        if not detach and not tty:
             c.wait()
         return c
 

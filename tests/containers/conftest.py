@@ -1,5 +1,8 @@
 """Fixtures for the container runtime tests: a busybox rootfs, a Runtime per test, and the host check
-that every test (and the module) leaves no lk-* interface, netns, labkit cgroup or mount behind."""
+that every test (and the module) leaves no lk-* interface, netns, labkit cgroup or mount behind.
+
+Mounts are compared only below this session's pytest base directory: other sessions (other helpers,
+the lead) mount and unmount their own stores on this machine at the same time."""
 from __future__ import annotations
 
 import os
@@ -10,26 +13,59 @@ from labkit._sys import mounts
 from labkit.images.busybox import build_busybox_rootfs
 
 
+def _my_ids() -> set[str]:
+    """Ids of this session's containers: registry records and state directories below its base dir."""
+    import glob
+
+    from labkit.containers.runtime import REGISTRY
+    base = _BASE[0] if _BASE else "/"
+    ids = set(_SEEN)
+    if os.path.isdir(REGISTRY):
+        for cid in os.listdir(REGISTRY):
+            try:
+                with open(os.path.join(REGISTRY, cid)) as f:
+                    if f.read().strip().startswith(base):
+                        ids.add(cid)
+            except FileNotFoundError:
+                pass
+    for pattern in ("*/containers/*", "*/*/containers/*", "*/state/*"):
+        ids.update(os.path.basename(p) for p in glob.glob(os.path.join(base, pattern)))
+    return ids
+
+
 def host_leftovers() -> list[str]:
-    """Everything labkit's runtime could leave on the host, as readable lines (empty when clean)."""
+    """What this session's containers could leave on the host, as readable lines (empty when clean).
+
+    Scoped to this session's container ids: other sessions run containers on this machine at the same
+    time (their cgroups, veths and records are theirs to check)."""
     from labkit.containers import cgroups as cg
     from labkit.containers import network as net
     from labkit.containers.runtime import REGISTRY
-    out = [f"link {n} ({k})" for n, k in net.links()]
-    out += [f"cgroup labkit/{cid}: {dirs}" for cid, dirs in cg.leftover_cgroups().items()]
-    out += [f"cgroup parent {p}" for p in cg.detect().parents() if os.path.isdir(p)]
-    if os.path.isdir("/sys/fs/cgroup/unified/labkit"):
-        out.append("cgroup parent /sys/fs/cgroup/unified/labkit")
+    ids = _my_ids()
+    out = [f"link {n} ({k})" for n, k in net.links() if any(cid in n for cid in ids)]
+    out += [f"cgroup labkit/{cid}: {dirs}" for cid, dirs in cg.leftover_cgroups().items() if cid in ids]
     if os.path.isdir("/run/netns"):
-        out += [f"netns {n}" for n in os.listdir("/run/netns") if n.startswith("lk-")]
+        out += [f"netns {n}" for n in os.listdir("/run/netns") if n[3:] in ids]
     if os.path.isdir(REGISTRY):
-        out += [f"record {n}" for n in os.listdir(REGISTRY)]
-    out += [f"address {br}/{ip} of {cid}" for br, ip, cid in net.ipam_records()]
+        out += [f"record {n}" for n in os.listdir(REGISTRY) if n in ids]
+    out += [f"address {br}/{ip} of {cid}" for br, ip, cid in net.ipam_records() if cid in ids]
     return out
 
 
+_SEEN: set[str] = set()
+_BASE: list[str] = []
+
+
 def _mounts() -> set[tuple[str, str]]:
-    return {(m.target, m.source) for m in mounts.mountinfo()}
+    """(target, source) of the mounts that concern this session (below its pytest base directory)."""
+    base = _BASE[0] if _BASE else "/"
+    return {(m.target, m.source) for m in mounts.mountinfo()
+            if m.target.startswith(base) or m.source.startswith(base)}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_base(tmp_path_factory: pytest.TempPathFactory) -> None:
+    _BASE[:] = [str(tmp_path_factory.getbasetemp())]
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +95,10 @@ def rt(tmp_path):
     """A Runtime in a fresh state dir; afterwards every container is removed and the host must be clean."""
     from labkit.containers import Runtime
     before = _mounts()
-    runtime = Runtime(str(tmp_path / "state"))
+    runtime = Runtime(str(tmp_path / "containers"))
     yield runtime
     for c in runtime.list():
+        _SEEN.add(c.id)
         c.remove(force=True)
     runtime.close()
     assert host_leftovers() == []

@@ -32,3 +32,17 @@ def test_container_cli_round_trip(tmp_path, rootfs, capsys):
     assert "exit code 137" in _run(root + ["container", "stop", "-t", "0.2", "bg"], capsys)[1]
     _run(root + ["container", "rm", "one", "bg"], capsys)
     assert _run(root + ["container", "ps", "--json"], capsys)[1].strip() == "[]"
+
+
+@pytest.mark.root
+def test_container_cli_tty_and_profile_flags(tmp_path, rootfs, capfd):
+    root = ["--root", str(tmp_path)]
+    code, out = _run(root + ["container", "run", "-it", "--rm", rootfs, "--", "sh", "-c",
+                             "[ -t 0 ] && echo on-a-tty; exit 3"], capfd)
+    assert code == 3 and "on-a-tty" in out
+    code, out = _run(root + ["container", "run", "--rm", "--cap-drop", "ALL", "--cap-add", "chown", rootfs, "--",
+                             "grep", "CapEff", "/proc/self/status"], capfd)
+    assert code == 0 and "0000000000000001" in out
+    code, out = _run(root + ["container", "run", "--rm", "--privileged", rootfs, "--", "grep", "Seccomp:",
+                             "/proc/self/status"], capfd)
+    assert code == 0 and "Seccomp:\t0" in out

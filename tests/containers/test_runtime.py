@@ -10,6 +10,7 @@ import time
 import pytest
 
 from labkit import errors
+from labkit.containers.security import MASKED_PATHS, READONLY_PATHS
 
 pytestmark = pytest.mark.root
 
@@ -40,8 +41,12 @@ def test_pivot_root_hides_host_and_dev(rt, rootfs):
     c = rt.run(rootfs, ["sh", "-c", "ls /dev | tr '\\n' ' '; echo; cat /proc/mounts | cut -d' ' -f2 | tr '\\n' ' '; "
                                     "echo; echo x > /dev/null && head -c 4 /dev/zero | wc -c; ls /dev/pts"])
     devs, mnts, zero, *_ = c.logs().splitlines()
-    assert {"null", "zero", "full", "random", "urandom", "tty", "pts", "shm", "fd", "ptmx"} <= set(devs.split())
-    assert set(mnts.split()) == {"/", "/proc", "/sys", "/dev", "/dev/pts", "/dev/shm"}
+    nodes = {"null", "zero", "full", "random", "urandom", "tty"}
+    assert nodes | {"pts", "shm", "fd", "ptmx"} <= set(devs.split())
+    # the device nodes are bind mounts of the host's; masked and read-only paths are mounts too
+    profile = {p for p in MASKED_PATHS + READONLY_PATHS if os.path.exists(p)}
+    assert set(mnts.split()) == ({"/", "/proc", "/sys", "/dev", "/dev/pts", "/dev/shm"}
+                                 | {f"/dev/{n}" for n in nodes} | profile)
     assert zero.strip() == "4"
     assert not os.path.exists(os.path.join(rootfs, "work"))
 
@@ -232,7 +237,7 @@ def test_killed_spawner_and_shim_are_collected_by_gc(rt, rootfs, tmp_path, lefto
     from labkit import gc
     c = rt.run(rootfs, ["sleep", "30"], network="bridge", memory=32 << 20, detach=True)
     os.kill(rt._spawner.pid, signal.SIGKILL)
-    os.kill(c.state["shim"], signal.SIGKILL)
+    os.kill(c.state.shim, signal.SIGKILL)
     time.sleep(0.05)
     assert c.running                                  # PID 1 lives on, nobody waits for it
     assert gc.find_leftovers(str(tmp_path / "elsewhere")) == []
@@ -255,7 +260,7 @@ def test_exited_but_not_removed_is_a_leftover_only_when_not_running(rt, rootfs, 
     c.kill()
     c.wait(5)
     assert c.exit_code == 137
-    assert {lo.kind for lo in gc.find_leftovers(str(tmp_path))} == {"cgroup"}
+    assert {lo.kind for lo in gc.find_leftovers(str(tmp_path))} == {"cgroup", "record"}
     gc.gc(str(tmp_path))
     c.remove()
 
@@ -267,7 +272,7 @@ def _status_field(pid: int, key: str) -> str:
 
 def test_containers_are_forked_by_the_small_spawner(rt, rootfs):
     c = rt.run(rootfs, ["sleep", "30"], detach=True)
-    shim = c.state["shim"]
+    shim = c.state.shim
     assert int(_status_field(c.pid, "PPid")) == shim            # PID 1's parent is its shim...
     assert int(_status_field(shim, "PPid")) == rt._spawner.pid  # ...forked by the spawner, not by us
     assert rt._spawner.pid != os.getpid()
