@@ -303,9 +303,7 @@ class Lab:
         """A container by name (also one started by another process)."""
         rc = self.runtime.get(name)
         info = self.sn.stat(f"ctr-{rc.name}")
-        state = rc.state
-        cmd = state.get("cmd", []) if isinstance(state, dict) else getattr(state, "cmd", [])
-        return LabContainer(self, rc.name, info.labels.get("labkit.image", "?"), cmd, False)
+        return LabContainer(self, rc.name, info.labels.get("labkit.image", "?"), list(rc.state.cmd), False)
 
     def containers(self) -> list[LabContainer]:
         """Every container of this store that the runtime knows."""

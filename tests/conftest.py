@@ -22,7 +22,7 @@ def _host_state() -> tuple[set[tuple[str, str]], set[str]]:
         loops |= {f"link {n}" for n in os.listdir("/sys/class/net") if n.startswith("lk")}
     except FileNotFoundError:
         pass
-    for ctl in ("memory", "pids", "cpu", "freezer"):
+    for ctl in ("memory", "pids", "cpu", "freezer", "devices"):
         base = f"/sys/fs/cgroup/{ctl}/labkit"
         if os.path.isdir(base):
             loops |= {f"cgroup {ctl}/labkit/{d}" for d in os.listdir(base) if os.path.isdir(os.path.join(base, d))}

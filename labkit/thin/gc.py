@@ -10,8 +10,8 @@ Importing this module registers the collector.
 from __future__ import annotations
 
 import os
+import select
 import signal
-import time
 
 from .._sys import leftovers
 from .._sys.leftovers import Leftover, collector, inside
@@ -45,15 +45,27 @@ def pool_daemons(root: str, everything: bool) -> list[tuple[int, str]]:
 
 
 def _terminate(pid: int) -> None:
-    """SIGTERM, wait up to 2 s for a clean exit (the daemon unmounts its FUSE export), then SIGKILL."""
+    """SIGTERM, wait up to 2 s for a clean exit (the daemon unmounts its FUSE export), then SIGKILL —
+    through a pidfd opened first and checked to still be a pool daemon, so a recycled pid is never hit."""
     try:
-        os.kill(pid, signal.SIGTERM)
-        for _ in range(100):
-            os.kill(pid, 0)
-            time.sleep(0.02)
-        os.kill(pid, signal.SIGKILL)
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"labkit.thin.daemon" not in f.read().split(b"\0"):
+                    return                       # the pid was reused between the scan and now
+        except OSError:
+            return
+        signal.pidfd_send_signal(fd, signal.SIGTERM)
+        if not select.select([fd], [], [], 2.0)[0]:
+            signal.pidfd_send_signal(fd, signal.SIGKILL)
+            select.select([fd], [], [], 2.0)
     except ProcessLookupError:
         pass
+    finally:
+        os.close(fd)
 
 
 @collector(order=leftovers.PROCESSES)
