@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("labkit.errors", "labkit.units", "labkit.config", "labkit.version", "labkit._db", "labkit._sys"),
     ("labkit.thin",),
     ("labkit.snapshots",),
-    ("labkit.images", "labkit.containers"),
+    ("labkit.images", "labkit.containers", "labkit.vm"),
     ("labkit.gc",),
     ("labkit.lab",),
     ("labkit.plots", "labkit.experiments"),
@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, ...]] = [
 ]
 
 #: layer-internal exceptions: (importer, imported) pairs that are allowed though they cross sideways
-SIDEWAYS_OK = {("labkit.images", "labkit.containers"), ("labkit.containers", "labkit.images")}
+SIDEWAYS_OK: set[tuple[str, str]] = set()
 
 
 def _modules() -> dict[str, str]:
@@ -88,7 +88,7 @@ def _layer(mod: str) -> int:
     best, at = -1, -1
     for i, prefixes in enumerate(LAYERS):
         for p in prefixes:
-            if (mod == p or mod.startswith(p + ".")) and len(p) > best:
+            if (mod == p or (p != "labkit" and mod.startswith(p + "."))) and len(p) > best:
                 best, at = len(p), i
     return at
 
