@@ -26,6 +26,7 @@ from typing import Any, Sequence
 from . import errors
 from .cli_format import Spinner, human_ago, human_size, print_json, print_table, read_env_file, short_id
 from .config import default_root
+from .images.cli import register_build, register_save
 
 #: Docker's exit codes for a failed ``run``/``exec``
 EXIT_LABKIT, EXIT_CANNOT_EXEC, EXIT_NOT_FOUND = 125, 126, 127
@@ -105,7 +106,7 @@ def cmd_image(args: argparse.Namespace) -> int:
                 print_json(rows)
             else:
                 print_table(rows, [("IMAGE", "id"), ("CREATED", "created"), ("CREATED BY", "created_by"),
-                                   ("SIZE", "size"), ("COMMENT", "comment")],
+                                   ("SIZE", "size"), ("RECIPE", "recipe"), ("COMMENT", "comment")],
                             formats={"id": _ids(args), "created": _when(args), "size": _sizes(args)})
         elif v == "tag":
             lab.tag(args.ref, args.new)
@@ -338,7 +339,7 @@ def _listing_flags(s: argparse.ArgumentParser, *, quiet: bool = True) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``image``, ``images``, ``run``, ``ps``, ``exec``, ``logs``, ``stop``, ``rm``, ``commit``, ``df``."""
-    img = sub.add_parser("image", help="manage images (import, ls, tree, inspect, history, tag, rm, prune, whatrequires)")
+    img = sub.add_parser("image", help="manage images (import, save, ls, tree, inspect, history, tag, rm, prune, whatrequires)")
     isub = img.add_subparsers(dest="image_command", metavar="VERB")
     isub.required = True
     s = isub.add_parser("import", help="register a base image: busybox, debian, a directory or an archive")
@@ -363,7 +364,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("-a", "--all", action="store_true")
     s.add_argument("--dry-run", action="store_true", help="only say what would be removed")
     _listing_flags(s, quiet=False)
+    register_save(isub, open_lab=_lab)
     img.set_defaults(func=cmd_image)
+    register_build(sub, open_lab=_lab)
 
     s = sub.add_parser("images", help="list images")
     _listing_flags(s)

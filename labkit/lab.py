@@ -22,7 +22,7 @@ import os
 import re
 import secrets
 import shutil
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from . import errors
 from ._sys import mounts
@@ -30,7 +30,7 @@ from ._sys.leftovers import inside
 from .config import default_root
 from .gc import gc
 from .containers import Runtime
-from .images import ImageStore
+from .images import BuildResult, ImageStore, SaveReport
 from .snapshots import BaseSnapshotter, default_backend, open_snapshotter
 from .snapshots.capabilities import PoolBacked
 from .snapshots.mount import Mounted, unmount
@@ -246,6 +246,39 @@ class Lab:
         """The lineage of every image, with sizes, as text."""
         t = self.store.tree()
         return t[0] if isinstance(t, tuple) else str(t)
+
+    def build(self, recipe: str, context: str | None = None, *, tag: str | None = None,
+              build_args: dict[str, str] | None = None, no_cache: bool = False,
+              progress: Callable[[str], Any] | None = print) -> BuildResult:
+        """Build an image from a Labfile, a Dockerfile subset (docs/recipes.md): each step is a committed
+        image whose ``created_by`` is the recipe line; RUN steps run in containers; a step cache keyed by
+        parent, instruction and copied files' digests re-runs only what follows a change.
+
+        >>> lab.build("app/Labfile", "app", tag="app:v1")       # doctest: +SKIP
+        """
+        def run_step(parent: str, argv: list[str], env: dict[str, str], workdir: str, user: str) -> str:
+            c = self.run(parent, argv, name=f"build-{secrets.token_hex(5)}", entrypoint=[], env=env,
+                         workdir=workdir, user=user or None, network="none")
+            try:
+                if progress and c.output:
+                    for line in c.output.rstrip("\n").split("\n"):
+                        progress(line)
+                if c.exit_code != 0:
+                    raise errors.FailedPrecondition(f"command {argv!r}", f"exited with {c.exit_code}",
+                                                    fix="fix the RUN line; its output is above")
+                return self.commit(c)
+            finally:
+                c.remove(force=True)
+        return self.store.build(recipe, context, tag=tag, run_step=run_step, build_args=build_args,
+                                no_cache=no_cache, progress=progress)
+
+    def save(self, ref: str, path: str, *, format: str = "oci-archive", compress: str | None = None) -> SaveReport:
+        """Write an image as ``oci-archive``, ``docker-archive`` or ``rootfs`` (what ``podman load``,
+        skopeo and ``labkit image import`` read); a chain becomes layers.
+
+        >>> lab.save("app:v1", "/tmp/app.tar", format="docker-archive")      # doctest: +SKIP
+        """
+        return self.store.save(ref, path, format=format, compress=compress)
 
     # ---- containers ---------------------------------------------------------------------------------
     def run(self, image: str, cmd: Sequence[str] = (), *, name: str | None = None, rm: bool = False,

@@ -10,12 +10,12 @@ never imports pandas (the Lab turns records into DataFrames).
 from __future__ import annotations
 
 from .busybox import build_busybox_rootfs
-from .records import (CheckReport, DfRow, HistoryEntry, ImageConfig, ImageInfo, PruneReport, Removal,
-                      Requirements, RmiReport, TreeNode)
+from .records import (BuildResult, BuildStep, CheckReport, DfRow, HistoryEntry, ImageConfig, ImageInfo,
+                      PruneReport, Removal, Requirements, RmiReport, SaveReport, TreeNode)
 from .reference import normalize, parse_reference
 from .store import ImageStore
 from .tarsafe import ExtractResult, Limits, extract, space_limits
 
 __all__ = ["ImageStore", "build_busybox_rootfs", "parse_reference", "normalize", "extract", "ExtractResult",
            "Limits", "space_limits", "ImageInfo", "HistoryEntry", "Removal", "RmiReport", "PruneReport", "DfRow",
-           "TreeNode", "Requirements", "CheckReport", "ImageConfig"]
+           "TreeNode", "Requirements", "CheckReport", "ImageConfig", "SaveReport", "BuildResult", "BuildStep"]

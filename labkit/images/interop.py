@@ -25,6 +25,7 @@ prefix — and without one the error lists the choices.
 """
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import os
@@ -39,7 +40,7 @@ from . import archive, tarsafe
 from .records import ImageConfig
 from .reference import normalize
 
-__all__ = ["import_auto", "import_docker_archive", "import_oci", "detect", "detect_names"]
+__all__ = ["import_auto", "import_docker_archive", "import_oci", "detect", "detect_names", "host_platform"]
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _JSON_MAX = 16 << 20
@@ -208,7 +209,8 @@ def detect_names(names: Iterable[str]) -> str:
         if not name:
             return "rootfs"
         top = name.split("/")[0]
-        if top not in _LAYOUT_TOP and not _HEX64.match(top.removesuffix(".json")):
+        # podman save names layers <hex>.tar at the top; docker's legacy layout <hex>/layer.tar
+        if top not in _LAYOUT_TOP and not _HEX64.match(top.removesuffix(".json").removesuffix(".tar")):
             return "rootfs"
         seen.add(name)
     if "manifest.json" in seen:
@@ -410,8 +412,12 @@ def _blob_json(src: Any, d: dict[str, Any], label: str, what: str) -> Any:
     return _parse_json(data, f"{what} {d['digest'][:19]} of {label}")
 
 
-def _host_platform() -> tuple[str, str]:
+def host_platform() -> tuple[str, str]:
+    """This host's OCI platform: ``("linux", "amd64")`` on x86_64."""
     return "linux", _ARCH.get(platform.machine(), platform.machine())
+
+
+_host_platform = host_platform
 
 
 def _manifests(src: Any, descs: list[Any], label: str, names: tuple[str, ...], depth: int = 0
@@ -430,7 +436,7 @@ def _manifests(src: Any, descs: list[Any], label: str, names: tuple[str, ...], d
             nested = _blob_json(src, d, label, "index")
             if not isinstance(nested, dict) or not isinstance(nested.get("manifests"), list):
                 raise _bad(f"index {d['digest'][:19]} of {label}", "has no manifests list")
-            os_, arch = _host_platform()
+            os_, arch = host_platform()
             mine = [m for m in nested["manifests"] if isinstance(m, dict)
                     and (not isinstance(m.get("platform"), dict)
                          or (m["platform"].get("os") == os_ and m["platform"].get("architecture") == arch))]
@@ -438,6 +444,31 @@ def _manifests(src: Any, descs: list[Any], label: str, names: tuple[str, ...], d
         elif mt in _OCI_MANIFEST or mt is None:
             yield d, own
         # anything else (attestations, signatures) is not an image
+
+
+_RFC3339 = re.compile(r"^(\d{4})-(\d\d)-(\d\d)[Tt ](\d\d):(\d\d):(\d\d)(\.\d+)?([Zz]|[+-]\d\d:\d\d)$")
+
+
+def _parse_time(value: Any) -> float | None:
+    """Seconds since the epoch of an RFC 3339 time (nanoseconds allowed), or None if it is not one.
+
+    >>> _parse_time("1970-01-01T00:01:00.5Z"), _parse_time("1970-01-01T01:00:00+01:00"), _parse_time(3)
+    (60.5, 0.0, None)
+    """
+    if not isinstance(value, str):
+        return None
+    m = _RFC3339.match(value)
+    if not m:
+        return None
+    y, mo, d, hh, mi, ss = (int(x) for x in m.groups()[:6])
+    frac = float("0" + m.group(7)) if m.group(7) else 0.0
+    zone = m.group(8)
+    offset = 0 if zone in ("Z", "z") else (1 if zone[0] == "+" else -1) * (int(zone[1:3]) * 3600 + int(zone[4:6]) * 60)
+    try:
+        t = datetime.datetime(y, mo, d, hh, mi, ss, tzinfo=datetime.timezone.utc).timestamp()
+    except ValueError:
+        return None
+    return t - offset + frac
 
 
 class _Hashing:
@@ -486,7 +517,9 @@ def _chain(store: Any, steps: list[tuple[str, Any, str | None, int | None]], *, 
         for n, (name, opener, digest, size) in enumerate(steps):
             last = n == len(steps) - 1
             layer_label = f"layer {n + 1}/{len(steps)} ({name[:80]!r}) of {label}"
-            by = history[n].get("created_by") if history and isinstance(history[n].get("created_by"), str) else None
+            h = history[n] if history else {}
+            by = h.get("created_by") if isinstance(h.get("created_by"), str) else None
+            note = h.get("comment") if isinstance(h.get("comment"), str) else None
 
             def fill(target: str, opener: Any = opener, digest: str | None = digest, size: int | None = size,
                      layer_label: str = layer_label) -> None:
@@ -499,8 +532,9 @@ def _chain(store: Any, steps: list[tuple[str, Any, str | None, int | None]], *, 
                         hashing.verify()
             ids.append(store._build(fill, parent=ids[-1] if ids else None, tag=tag if last else None,
                                     created_by=by or f"labkit import {kind} {label} layer {n + 1}/{len(steps)}",
-                                    comment=f"{kind} layer {digest or name}"[:200],
-                                    config=img_config if last else ImageConfig()))
+                                    comment=(note or f"{kind} layer {digest or name}")[:200],
+                                    config=img_config if last else ImageConfig(),
+                                    created=_parse_time(h.get("created"))))
     except BaseException:
         for i in reversed(ids):
             try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 
 __all__ = ["SNAPSHOT_PREFIX", "BUILD_PREFIX", "VIEW_PREFIX", "L_IMAGE", "L_PARENT", "L_TAG", "L_CREATED_BY",
-           "L_COMMENT", "L_BUILD", "L_VIEW", "TMP_DIR", "LEGACY_TMP", "CACHE_DIR", "CACHE_TMP", "UNMEASURED",
+           "L_COMMENT", "L_RECIPE", "L_BUILD", "L_VIEW", "TMP_DIR", "LEGACY_TMP", "CACHE_DIR", "CACHE_TMP", "UNMEASURED",
            "FULL_ID_RE", "ID_RE"]
 
 #: an image's committed snapshot is ``img-<64 hex id>``
@@ -19,6 +19,8 @@ BUILD_PREFIX, VIEW_PREFIX = "imgbuild-", "imgview-"
 #: snapshot whose row was never written (a crash between the snapshot commit and the insert)
 L_IMAGE, L_PARENT, L_TAG, L_CREATED_BY, L_COMMENT = ("labkit.image", "labkit.image.parent", "labkit.image.tag",
                                                      "labkit.image.created_by", "labkit.image.comment")
+#: on the snapshot of an image a recipe step made: ``<file>:<line>`` of that step
+L_RECIPE = "labkit.recipe"
 #: labels on unfinished build and view snapshots
 L_BUILD, L_VIEW = "labkit.image.build", "labkit.image.view"
 #: ``<root>/tmp``: mount points and scratch directories; the prefixes older versions used at the top

@@ -10,6 +10,8 @@ each image; these functions only compute, so they are tested without a snapshott
 """
 from __future__ import annotations
 
+import os
+
 from .records import DfRow, TreeNode
 
 __all__ = ["df_rows", "render_tree", "chain"]
@@ -60,12 +62,13 @@ def df_rows(parent: dict[str, str | None], layer: dict[str, int],
 
 
 def render_tree(nodes: list[TreeNode] | tuple[TreeNode, ...]) -> str:
-    """The lineage as indented text, one image per line with its tags, sizes and containers.
+    """The lineage as indented text, one image per line with its tags, sizes and containers; an image a
+    recipe step made says which (``recipe=Labfile:3``), an import or a hand commit says nothing.
 
-    >>> leaf = TreeNode("b" * 64, "b" * 12, (), 5, 5, "x", ("web",), ())
+    >>> leaf = TreeNode("b" * 64, "b" * 12, (), 5, 5, "x", ("web",), (), recipe="/src/Labfile:3")
     >>> print(render_tree([TreeNode("a" * 64, "a" * 12, ("base:1",), 10, 10, "y", (), (leaf,))]))
     aaaaaaaaaaaa base:1 size=10 exclusive=10
-    └─ bbbbbbbbbbbb <none> size=5 exclusive=5 containers=web
+    └─ bbbbbbbbbbbb <none> size=5 exclusive=5 recipe=Labfile:3 containers=web
     """
     lines: list[str] = []
 
@@ -74,6 +77,7 @@ def render_tree(nodes: list[TreeNode] | tuple[TreeNode, ...]) -> str:
         head = "" if top else ("└─ " if last else "├─ ")
         size = "?" if n.size is None else n.size
         lines.append(f"{prefix}{head}{n.short_id} {tags} size={size} exclusive={n.exclusive}"
+                     + (f" recipe={os.path.basename(n.recipe)}" if n.recipe else "")
                      + (f" containers={','.join(n.containers)}" if n.containers else ""))
         sub = prefix + ("" if top else ("   " if last else "│  "))
         for j, k in enumerate(n.children):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 __all__ = ["ImageInfo", "HistoryEntry", "Removal", "RmiReport", "PruneReport", "DfRow", "TreeNode",
-           "Requirements", "CheckReport", "ImageConfig"]
+           "Requirements", "CheckReport", "ImageConfig", "SaveReport", "BuildStep", "BuildResult"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,21 @@ class ImageConfig:
                                        if isinstance(k, str) and isinstance(v, str)))
                    if isinstance(labels, dict) else ())
 
+    def to_oci(self) -> dict[str, object]:
+        """The OCI image config's ``config`` object (fields left unset are omitted); the inverse of
+        :meth:`from_oci`.
+
+        >>> ImageConfig(cmd=("sh",), labels=("a=1",)).to_oci()
+        {'Cmd': ['sh'], 'Labels': {'a': '1'}}
+        """
+        out: dict[str, object] = {}
+        for key, value in (("Env", list(self.env)), ("Cmd", list(self.cmd)), ("Entrypoint", list(self.entrypoint)),
+                           ("WorkingDir", self.workdir), ("User", self.user),
+                           ("Labels", dict(x.split("=", 1) for x in self.labels if "=" in x))):
+            if value:
+                out[key] = value
+        return out
+
     def to_json(self) -> dict[str, object]:
         """The form kept in ``images.db`` (lists, so that ``json`` round-trips it)."""
         return {"env": list(self.env), "cmd": list(self.cmd), "entrypoint": list(self.entrypoint),
@@ -79,7 +94,8 @@ class ImageInfo:
     measurement failed; ``check(repair=True)`` measures it); ``exclusive`` is the snapshotter's usage of
     its own layer (what that means per backend: docs/images.md). ``children`` are image ids,
     ``containers`` the names of the containers (active or view snapshots) on it. ``env`` .. ``labels``
-    are its :class:`ImageConfig`.
+    are its :class:`ImageConfig`. ``recipe`` is ``<file>:<line>`` of the recipe step that made it
+    (``labkit build``), empty for an import or a hand commit.
     """
 
     id: str
@@ -102,6 +118,7 @@ class ImageInfo:
     workdir: str = ""
     user: str = ""
     labels: tuple[str, ...] = ()
+    recipe: str = ""
 
     @property
     def config(self) -> ImageConfig:
@@ -111,7 +128,7 @@ class ImageInfo:
 
 @dataclass(frozen=True)
 class HistoryEntry:
-    """One image of a ``history()`` chain (newest first)."""
+    """One image of a ``history()`` chain (newest first); ``recipe`` as in :class:`ImageInfo`."""
 
     id: str
     short_id: str
@@ -122,6 +139,7 @@ class HistoryEntry:
     comment: str
     size: int | None
     exclusive: int
+    recipe: str = ""
 
 
 @dataclass(frozen=True)
@@ -189,7 +207,8 @@ class DfRow:
 
 @dataclass(frozen=True)
 class TreeNode:
-    """One image in the lineage tree, with its child images and the containers on it."""
+    """One image in the lineage tree, with its child images and the containers on it; ``recipe`` is
+    ``<file>:<line>`` of the recipe step that made it (empty: an import or a hand commit)."""
 
     id: str
     short_id: str
@@ -199,6 +218,7 @@ class TreeNode:
     created_by: str
     containers: tuple[str, ...]
     children: tuple["TreeNode", ...]
+    recipe: str = ""
 
 
 @dataclass(frozen=True)
@@ -236,3 +256,56 @@ class CheckReport:
     def rows(self) -> Iterator[tuple[str, str]]:
         """(problem, repair) pairs."""
         return zip(self.problems, self.repairs)
+
+
+@dataclass(frozen=True)
+class SaveReport:
+    """What ``save()`` wrote: the archive, the image and its name in it, and per layer (base first) the
+    blob digest and the diff_id (sha256 of the uncompressed tar). Images whose content equals their
+    parent's add no layer (``empty_layers`` counts them; the config's history marks them).
+
+    >>> SaveReport("/tmp/a.tar", "oci-archive", "ab" * 32, "ab" * 6, "app:v1", 2048, ("sha256:1",), ("sha256:2",),
+    ...            "sha256:3", "sha256:4", 0).layers
+    ('sha256:1',)
+    """
+
+    path: str
+    format: str
+    id: str
+    short_id: str
+    name: str
+    bytes: int
+    layers: tuple[str, ...]
+    diff_ids: tuple[str, ...]
+    config_digest: str
+    manifest_digest: str
+    empty_layers: int
+
+
+@dataclass(frozen=True)
+class BuildStep:
+    """One recipe step of a build: its number, ``<file>:<line>``, the instruction as run (variables
+    substituted), the image it left, whether that came from the cache, and its seconds."""
+
+    number: int
+    recipe: str
+    instruction: str
+    image: str
+    cached: bool
+    seconds: float
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What ``build()`` made: the final image (``id``), the tag it got, and every step."""
+
+    id: str
+    short_id: str
+    tag: str
+    steps: tuple[BuildStep, ...]
+    seconds: float
+
+    @property
+    def cached(self) -> int:
+        """How many steps came from the cache."""
+        return sum(s.cached for s in self.steps)

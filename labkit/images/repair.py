@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from .. import errors
 from .._sys.mounts import mounts_under
 from ..snapshots import Info, Kind
-from .layout import (CACHE_DIR, CACHE_TMP, FULL_ID_RE, L_BUILD, L_COMMENT, L_CREATED_BY, L_TAG, L_VIEW,
+from .layout import (CACHE_DIR, CACHE_TMP, FULL_ID_RE, L_BUILD, L_COMMENT, L_CREATED_BY, L_RECIPE, L_TAG, L_VIEW,
                      LEGACY_TMP, SNAPSHOT_PREFIX, TMP_DIR)
 from .records import CheckReport
 from .reference import normalize
@@ -96,7 +96,8 @@ def adopt(store: "ImageStore", info: Info) -> None:
         ref = None     # the tag moved on meanwhile: leave it where it is
     store._register(image_id, info.name, parent_id, ref,
                     info.labels.get(L_CREATED_BY, "registered by check(repair=True)"),
-                    info.labels.get(L_COMMENT, ""), None, store._config(parent_id), created=info.created)
+                    info.labels.get(L_COMMENT, ""), None, store._config(parent_id), created=info.created,
+                    recipe=info.labels.get(L_RECIPE, ""))
     store._measure_best_effort(image_id, info.name)
 
 

@@ -27,7 +27,7 @@ from typing import BinaryIO, Iterator
 from .. import errors
 from .._sys.leftovers import inside
 
-__all__ = ["confined", "atomic_output"]
+__all__ = ["confined", "atomic_output", "check_output"]
 
 
 def confined(path: str | os.PathLike[str], root: str) -> str:
@@ -35,7 +35,7 @@ def confined(path: str | os.PathLike[str], root: str) -> str:
 
     >>> confined("/var/lib/labkit/images/tmp/x", "/var/lib/labkit/images")      # doctest: +SKIP
     '/var/lib/labkit/images/tmp/x'
-    >>> confined("/etc", "/tmp")
+    >>> confined("/etc", "/tmp")      # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
     labkit.errors.InvalidArgument: path '/etc': resolves to '/etc', outside the image store at '/tmp': ...
@@ -45,6 +45,27 @@ def confined(path: str | os.PathLike[str], root: str) -> str:
         raise errors.InvalidArgument(f"path {os.fspath(path)!r}", f"resolves to {real!r}, outside the image store "
                                      f"at {root!r}", fix="labkit only creates, mounts on and removes paths in its store")
     return real
+
+
+def check_output(dest: str | os.PathLike[str]) -> str:
+    """``dest`` as an absolute path, after checking that :func:`atomic_output` can write it: not a
+    directory, in a directory that exists (call it before long work, so that a typo fails at once).
+
+    >>> check_output("/nonexistent-dir/x.tar")
+    Traceback (most recent call last):
+    ...
+    labkit.errors.NotFound: directory '/nonexistent-dir' not found: create it first, or write elsewhere
+    """
+    out = os.path.abspath(os.fspath(dest))
+    try:
+        st = os.lstat(out)
+    except FileNotFoundError:
+        st = None
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        raise errors.InvalidArgument(f"output {out!r}", "is a directory", fix="give a file name")
+    if not os.path.isdir(os.path.dirname(out)):
+        raise errors.NotFound(f"directory {os.path.dirname(out)!r}", fix="create it first, or write elsewhere")
+    return out
 
 
 @contextmanager
@@ -57,16 +78,8 @@ def atomic_output(dest: str | os.PathLike[str], *, mode: int = 0o600) -> Iterato
     >>> with atomic_output("/tmp/bb.tar") as f:      # doctest: +SKIP
     ...     f.write(data)
     """
-    out = os.path.abspath(os.fspath(dest))
+    out = check_output(dest)
     folder = os.path.dirname(out)
-    try:
-        st = os.lstat(out)
-    except FileNotFoundError:
-        st = None
-    if st is not None and stat.S_ISDIR(st.st_mode):
-        raise errors.InvalidArgument(f"output {out!r}", "is a directory", fix="give a file name")
-    if not os.path.isdir(folder):
-        raise errors.NotFound(f"directory {folder!r}", fix="create it first, or write elsewhere")
     fd, tmp = tempfile.mkstemp(prefix=".labkit-", suffix=".part", dir=folder)
     try:
         os.fchmod(fd, mode)

@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import sqlite3
-import tarfile
 import tempfile
 import threading
 import time
@@ -33,15 +32,18 @@ from .._sys.fs import copy_tree
 from ..snapshots import BaseSnapshotter, Info, Kind
 from ..snapshots.capabilities import PoolBacked
 from . import archive, interop, tarsafe
+from . import build as build_mod
+from . import save as save_mod
 from . import repair as repair_mod
 from .busybox import build_busybox_rootfs
-from .layout import (BUILD_PREFIX, ID_RE, L_BUILD, L_COMMENT, L_CREATED_BY, L_IMAGE, L_PARENT, L_TAG, L_VIEW,
-                     SNAPSHOT_PREFIX, TMP_DIR, UNMEASURED, VIEW_PREFIX)
+from .layout import (BUILD_PREFIX, ID_RE, L_BUILD, L_COMMENT, L_CREATED_BY, L_IMAGE, L_PARENT, L_RECIPE, L_TAG,
+                     L_VIEW, SNAPSHOT_PREFIX, TMP_DIR, UNMEASURED, VIEW_PREFIX)
 from .lineage import df_rows, render_tree
-from .records import (CheckReport, DfRow, HistoryEntry, ImageConfig, ImageInfo, PruneReport, Removal,
-                      Requirements, RmiReport, TreeNode)
+from .build import RunStep
+from .records import (BuildResult, CheckReport, DfRow, HistoryEntry, ImageConfig, ImageInfo, PruneReport, Removal,
+                      Requirements, RmiReport, SaveReport, TreeNode)
 from .reference import NAME_RULE, TAG_RULE, normalize
-from .safeio import atomic_output, confined
+from .safeio import confined
 from .sources import content_size, debian_tarball
 from .sync import sync_tree
 
@@ -53,12 +55,16 @@ CREATE TABLE IF NOT EXISTS images (
   id TEXT PRIMARY KEY, snapshot TEXT UNIQUE NOT NULL, parent TEXT REFERENCES images(id),
   created REAL NOT NULL, created_by TEXT NOT NULL DEFAULT '', comment TEXT NOT NULL DEFAULT '',
   size INTEGER NOT NULL DEFAULT 0, removal_pending INTEGER NOT NULL DEFAULT 0,
-  config TEXT NOT NULL DEFAULT '{}');
+  config TEXT NOT NULL DEFAULT '{}', recipe TEXT NOT NULL DEFAULT '', build_key TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS tags (ref TEXT PRIMARY KEY, image TEXT NOT NULL REFERENCES images(id));
 CREATE INDEX IF NOT EXISTS images_parent ON images(parent);
 CREATE INDEX IF NOT EXISTS tags_image ON tags(image);
 """
-_COLS = ("id", "snapshot", "parent", "created", "created_by", "comment", "size", "removal_pending", "config")
+_COLS = ("id", "snapshot", "parent", "created", "created_by", "comment", "size", "removal_pending", "config",
+         "recipe", "build_key")
+#: columns added after the first release, with their definitions (a store made before gets them on open)
+_ADDED = {"config": "TEXT NOT NULL DEFAULT '{}'", "recipe": "TEXT NOT NULL DEFAULT ''",
+          "build_key": "TEXT NOT NULL DEFAULT ''"}
 
 
 def _new_id() -> str:
@@ -80,8 +86,10 @@ class ImageStore:
         self._lock = threading.RLock()
         self._db: sqlite3.Connection | None = connect(os.path.join(self.root, "images.db"), _SCHEMA)
         cols = {r[1] for r in self._db.execute("PRAGMA table_info(images)")}
-        if "config" not in cols:      # a store made before images kept their config
-            self._db.execute("ALTER TABLE images ADD COLUMN config TEXT NOT NULL DEFAULT '{}'")
+        for col, decl in _ADDED.items():     # a store made before images kept their config or recipe
+            if col not in cols:
+                self._db.execute(f"ALTER TABLE images ADD COLUMN {col} {decl}")
+        self._db.execute("CREATE INDEX IF NOT EXISTS images_build_key ON images(build_key)")
 
     # ---- plumbing -----------------------------------------------------------------------------------
     @property
@@ -203,11 +211,14 @@ class ImageStore:
 
     # ---- making images -------------------------------------------------------------------------------
     def _build(self, fill: Callable[[str], Any], *, parent: str | None, tag: str | None, created_by: str,
-               comment: str = "", config: ImageConfig | None = None) -> str:
+               comment: str = "", config: ImageConfig | None = None, recipe: str = "", build_key: str = "",
+               size: int | None = None, created: float | None = None) -> str:
         """prepare -> mount -> fill -> measure -> unmount -> commit -> register, all or nothing.
 
         The source (an archive, a directory, a live container) is untouched, so a failure at any step
-        throws the new snapshot away: the store is left as it was.
+        throws the new snapshot away: the store is left as it was. ``size`` given: not measured (a
+        recipe's metadata step has its parent's content). ``recipe``/``build_key``: a recipe step's
+        ``<file>:<line>`` and cache key.
         """
         ref = normalize(tag) if tag else None
         parent_id = self.resolve(parent) if parent else None
@@ -223,10 +234,13 @@ class ImageStore:
             try:
                 with mnt.mount(confined(mnt_dir, self.root)) as target:
                     fill(target)
-                    size = content_size(target)
-                self.sn.commit(snap, key, labels=self._journal(image_id, parent_id, ref, created_by, comment))
+                    if size is None:
+                        size = content_size(target)
+                self.sn.commit(snap, key, labels=self._journal(image_id, parent_id, ref, created_by, comment,
+                                                               recipe=recipe, build_key=build_key))
                 committed = True
-                self._register(image_id, snap, parent_id, ref, created_by, comment, size, cfg)
+                self._register(image_id, snap, parent_id, ref, created_by, comment, size, cfg, created,
+                               recipe=recipe, build_key=build_key)
             except BaseException:
                 self.sn.remove(snap if committed else key)
                 raise
@@ -236,18 +250,22 @@ class ImageStore:
 
     @staticmethod
     def _journal(image_id: str, parent_id: str | None, ref: str | None, created_by: str,
-                 comment: str) -> dict[str, str]:
+                 comment: str, *, recipe: str = "", build_key: str = "") -> dict[str, str]:
         """Labels that let ``check(repair=True)`` re-register a committed snapshot whose row is missing."""
-        return {L_IMAGE: image_id, L_PARENT: parent_id or "", L_TAG: ref or "",
-                L_CREATED_BY: created_by[:4096], L_COMMENT: comment[:4096]}
+        labels = {L_IMAGE: image_id, L_PARENT: parent_id or "", L_TAG: ref or "",
+                  L_CREATED_BY: created_by[:4096], L_COMMENT: comment[:4096]}
+        if recipe:
+            labels[L_RECIPE] = recipe[:4096]
+        return labels
 
     def _register(self, image_id: str, snap: str, parent_id: str | None, ref: str | None, created_by: str,
-                  comment: str, size: int | None, config: ImageConfig, created: float | None = None) -> None:
+                  comment: str, size: int | None, config: ImageConfig, created: float | None = None, *,
+                  recipe: str = "", build_key: str = "") -> None:
         with self._tx() as db:
-            db.execute("INSERT INTO images(id,snapshot,parent,created,created_by,comment,size,config) "
-                       "VALUES (?,?,?,?,?,?,?,?)",
+            db.execute("INSERT INTO images(id,snapshot,parent,created,created_by,comment,size,config,recipe,build_key) "
+                       "VALUES (?,?,?,?,?,?,?,?,?,?)",
                        (image_id, snap, parent_id, created or time.time(), created_by, comment,
-                        UNMEASURED if size is None else size, json.dumps(config.to_json())))
+                        UNMEASURED if size is None else size, json.dumps(config.to_json()), recipe, build_key))
             if ref:   # a tag moves to the newest image, as in docker; the old one may become dangling
                 db.execute("INSERT OR REPLACE INTO tags(ref,image) VALUES (?,?)", (ref, image_id))
 
@@ -420,8 +438,9 @@ class ImageStore:
             yield target
 
     def export(self, ref: str, tarpath: str | os.PathLike[str]) -> int:
-        """Write the image's root filesystem as a PAX tar (numeric owners) through a read-only view;
-        returns the bytes written.
+        """Write the image's root filesystem as a PAX tar (numeric owners, sorted, reproducible: the same
+        image gives the same bytes) through a read-only view; returns the bytes written. The same as
+        ``save(ref, tarpath, format="rootfs")``.
 
         The tar is written to a temporary file (``mkstemp``, mode 0600) in the destination's directory
         and renamed over ``tarpath`` at the end: a symlink at ``tarpath`` is replaced, never followed,
@@ -429,15 +448,59 @@ class ImageStore:
 
         >>> store.export("busybox", "/tmp/bb.tar")     # doctest: +SKIP
         """
-        row = self._row(self.resolve(ref))
-        out = os.path.abspath(os.fspath(tarpath))
+        return self.save(ref, tarpath, format="rootfs").bytes
 
-        def write(target: str) -> None:
-            with atomic_output(out) as f, tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tf:
-                for name in sorted(os.listdir(target)):
-                    tf.add(os.path.join(target, name), arcname=name, recursive=True)
-        self._with_view(row["snapshot"], write)
-        return os.lstat(out).st_size
+    def save(self, ref: str, path: str | os.PathLike[str], *, format: str = "oci-archive",
+             compress: str | None = None) -> SaveReport:
+        """Write an image to ``path`` as ``oci-archive`` (default), ``docker-archive`` or ``rootfs``.
+
+        Each image of the chain becomes one layer: the diff of its tree against its parent's (whiteouts
+        for deletions, an opaque marker for a directory emptied of what the parent had), with the top
+        image's config (Env, Cmd, Entrypoint, WorkingDir, User, Labels), the history (``created_by``),
+        diff_ids and digests of the OCI image spec. The archive is reproducible (the same image saves
+        to the same bytes) and is read by ``podman load``, ``skopeo``, ``umoci`` and :meth:`import_auto`.
+        ``compress``: ``gzip`` (the default for oci-archive) or ``none`` (the default for the others).
+        The archive carries ``ref``'s name when ``ref`` is a tag. Written through a temporary file and
+        renamed into place (see :meth:`export`). See :mod:`labkit.images.save`.
+
+        >>> store.save("app:v1", "/tmp/app.tar").layers       # doctest: +SKIP
+        ('sha256:…', 'sha256:…')
+        """
+        return save_mod.save(self, ref, path, format=format, compress=compress)
+
+    def build(self, recipe: str | os.PathLike[str], context: str | os.PathLike[str] | None = None, *,
+              tag: str | None = None, run_step: RunStep | None = None, build_args: dict[str, str] | None = None,
+              no_cache: bool = False, progress: Callable[[str], Any] | None = print) -> BuildResult:
+        """Build an image from a recipe (a Labfile: a Dockerfile subset); see :func:`labkit.images.build.build`.
+
+        ``run_step(parent_id, argv, env, workdir, user) -> image_id`` runs a ``RUN`` step in a container
+        on the parent image and commits it (the Lab gives one); without it a recipe with ``RUN`` is refused.
+
+        >>> store.build("Labfile", ".", tag="app:v1", run_step=step).id       # doctest: +SKIP
+        """
+        return build_mod.build(self, recipe, context, tag=tag, run_step=run_step, build_args=build_args,
+                               no_cache=no_cache, progress=progress)
+
+    # ---- recipe steps --------------------------------------------------------------------------------
+    def _cached(self, parent_id: str | None, build_key: str) -> str | None:
+        """The newest image a recipe step with ``build_key`` made on ``parent_id`` (None: not cached)."""
+        r = self.db.execute("SELECT id FROM images WHERE build_key=? AND parent IS ? AND removal_pending=0 "
+                            "ORDER BY created DESC, id LIMIT 1", (build_key, parent_id)).fetchone()
+        return str(r[0]) if r else None
+
+    def _annotate(self, image_id: str, *, created_by: str, recipe: str, build_key: str) -> None:
+        """Say that ``image_id`` (made by a runner's commit) is a recipe step: created_by, recipe, cache key;
+        the snapshot's labels (what ``check`` re-registers from) say it too."""
+        with self._tx() as db:
+            db.execute("UPDATE images SET created_by=?, recipe=?, build_key=? WHERE id=?",
+                       (created_by, recipe, build_key, image_id))
+        row = self._row(image_id)
+        try:
+            labels = dict(self.sn.stat(row["snapshot"]).labels)
+            labels.update({L_CREATED_BY: created_by[:4096], L_RECIPE: recipe[:4096]})
+            self.sn.update(row["snapshot"], labels=labels)
+        except errors.NotFound:
+            pass
 
     # ---- tags ---------------------------------------------------------------------------------------
     def tag(self, ref: str, new: str) -> str:
@@ -598,7 +661,7 @@ class ImageStore:
             snapshot=row["snapshot"], backend=self.sn.name, children=tuple(kids.get(row["id"], [])),
             containers=tuple(self._container_name(c) for c in conts.get(row["id"], [])),
             removal_pending=bool(row["removal_pending"]), env=cfg.env, cmd=cfg.cmd, entrypoint=cfg.entrypoint,
-            workdir=cfg.workdir, user=cfg.user, labels=cfg.labels)
+            workdir=cfg.workdir, user=cfg.user, labels=cfg.labels, recipe=row["recipe"])
 
     def images(self) -> list[ImageInfo]:
         """Every image, oldest first.
@@ -635,7 +698,7 @@ class ImageStore:
                 out.append(HistoryEntry(id=r["id"], short_id=r["id"][:12], tags=self._tags(r["id"]),
                                         parent=r["parent"], created=r["created"], created_by=r["created_by"],
                                         comment=r["comment"], size=None if r["size"] < 0 else r["size"],
-                                        exclusive=self._usage(r["snapshot"])))
+                                        exclusive=self._usage(r["snapshot"]), recipe=r["recipe"]))
                 image_id = r["parent"]
             return out
 
@@ -654,7 +717,7 @@ class ImageStore:
                 return TreeNode(id=i, short_id=i[:12], tags=self._tags(i), size=None if r["size"] < 0 else r["size"],
                                 exclusive=self._usage(r["snapshot"]), created_by=r["created_by"],
                                 containers=tuple(self._container_name(c) for c in conts.get(i, [])),
-                                children=tuple(node(k) for k in kids.get(i, [])))
+                                children=tuple(node(k) for k in kids.get(i, [])), recipe=r["recipe"])
             roots = [node(r["id"]) for r in rows if r["parent"] is None]
         return render_tree(roots), roots
 

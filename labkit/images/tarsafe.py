@@ -264,8 +264,9 @@ def _extract(stream: TarStream, root_fd: int, res: ExtractResult, lim: Limits, s
             raise _bad(m.name, f"brings the total past the limit of {lim.max_total_size} bytes")
         parts = _split(m, m.name, lim.max_name)
         if not parts:
-            if m.isdir():       # "./" itself: the root's own metadata
+            if m.isdir():       # "./" itself: the root's own metadata (its mtime is set last, below)
                 _apply_meta(root_fd, None, m, same_owner, keep_setuid, keep_xattrs, res)
+                dir_times.append(([], m.mtime))
                 continue
             raise _bad(m.name, "names the root itself but is not a directory")
         base = parts[-1]
@@ -309,6 +310,9 @@ def _extract(stream: TarStream, root_fd: int, res: ExtractResult, lim: Limits, s
             layer_made.add(tuple(parts))
     space.poll("(end of archive)")
     for parts, mtime in reversed(dir_times):
+        if not parts:
+            os.utime(root_fd, (mtime, mtime))
+            continue
         try:
             pfd = _open_parent(root_fd, parts, "/".join(parts), create=False)
         except errors.InvalidArgument:

@@ -77,13 +77,16 @@ def test_attach_proxies_a_terminal_and_restores_it(rt, rootfs):
     result: list = []
     t = threading.Thread(target=lambda: result.append(c.pty.attach(user_slave, user_slave)))
     t.start()
+    deadline = time.monotonic() + 10          # type only once attach() has put the terminal in raw mode
+    while termios.tcgetattr(user_slave)[3] & termios.ICANON and time.monotonic() < deadline:
+        time.sleep(0.01)
     os.write(user_master, b"abc\r")
     buf = b""
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while b"got-abc" not in buf and time.monotonic() < deadline:
         if select.select([user_master], [], [], 0.2)[0]:
             buf += os.read(user_master, 4096)
-    t.join(10)
+    t.join(30)
     assert result == [5], buf
     assert b"30 90" in buf and b"got-abc" in buf
     assert termios.tcgetattr(user_slave) == before              # raw mode undone

@@ -16,7 +16,7 @@ import pytest
 
 from labkit import errors
 from labkit.images import ImageStore
-from labkit.images.interop import _host_platform, detect
+from labkit.images.interop import _host_platform, detect, detect_names
 from labkit.snapshots import open_snapshotter
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(os.geteuid() != 0, reason="needs root: mounts")]
@@ -196,6 +196,13 @@ def test_docker_archive_picks_by_ref_and_keeps_config(store, tmp_path) -> None:
 
     (other,) = store.import_docker_save(path, ref="other:latest")
     assert store.resolve("other:latest") == other and store.inspect(other).cmd == ("sh",)
+
+
+def test_podman_save_layout_is_a_docker_archive() -> None:
+    """podman save writes layers as <diff_id>.tar at the top (and docker's legacy <id>/layer.tar links)."""
+    names = [f"{'a' * 64}.tar", f"{'b' * 64}.json", f"{'c' * 64}/layer.tar", f"{'c' * 64}/VERSION", "manifest.json",
+             "repositories"]
+    assert detect_names(names) == "docker-archive" and detect_names(["x.tar", "manifest.json"]) == "rootfs"
 
 
 def test_docker_archive_symlinked_layer_and_diff_ids(store, tmp_path) -> None:

@@ -13,7 +13,7 @@ from labkit.images.records import CheckReport, ImageConfig, PruneReport, Removal
 
 FLAT = {str, int, float, bool, type(None), tuple[str, ...]}
 #: the reports that hold per-image records, and the tree: the only nested ones
-NESTED = {"RmiReport": {"removals"}, "PruneReport": {"removals"}, "TreeNode": {"children"}}
+NESTED = {"RmiReport": {"removals"}, "PruneReport": {"removals"}, "TreeNode": {"children"}, "BuildResult": {"steps"}}
 
 
 def _flat(tp) -> bool:
