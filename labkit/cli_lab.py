@@ -88,7 +88,7 @@ def cmd_image(args: argparse.Namespace) -> int:
         if v == "import":
             what = f"importing {args.source}" + (f" as {args.tag}" if args.tag else "")
             with Spinner(what):
-                iid = lab.import_image(args.source, tag=args.tag)
+                iid = lab.import_image(args.source, tag=args.tag, ref=args.ref)
             print(short_id(iid))
         elif v in ("ls", "images"):
             rows = lab.images(as_frame=False)
@@ -345,6 +345,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = isub.add_parser("import", help="register a base image: busybox, debian, a directory or an archive")
     s.add_argument("source")
     s.add_argument("--tag")
+    s.add_argument("--ref", help="which image of an archive that holds several (e.g. localhost/app:v1)")
     s = isub.add_parser("ls", help="list images")
     _listing_flags(s)
     isub.add_parser("tree", help="lineage with sizes")

@@ -190,9 +190,10 @@ class Lab:
         return self.sn
 
     # ---- images -------------------------------------------------------------------------------------
-    def import_image(self, source: str, *, tag: str | None = None) -> str:
+    def import_image(self, source: str, *, tag: str | None = None, ref: str | None = None) -> str:
         """Register a base image: ``"busybox"``, ``"debian"`` (mmdebstrap, cached), a directory, or an
-        archive (a rootfs tar, or what ``docker save``/``podman save`` write). Returns the image id.
+        archive (a rootfs tar, what ``docker save``/``podman save`` write, or an OCI layout; ``ref`` picks one
+        image of an archive that holds several). Returns the image id (the top of a layer chain).
 
         >>> lab.import_image("busybox")        # doctest: +SKIP
         'c0ffee...'
@@ -202,7 +203,7 @@ class Lab:
         if source == "debian":
             return self.store.import_debian(tag=tag or "debian:bookworm")
         if os.path.isdir(source) or os.path.isfile(source):
-            return self.store.import_auto(source, tag=tag)   # a rootfs dir or tar, docker-archive, OCI layout
+            return self.store.import_auto(source, tag=tag, ref=ref)   # a rootfs dir or tar, docker-archive, OCI layout
         raise errors.NotFound(f"image source {source!r}", fix="give busybox, debian, a directory or an archive file")
 
     def images(self, *, as_frame: bool = True) -> "pd.DataFrame":
