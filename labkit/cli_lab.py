@@ -158,7 +158,8 @@ def _run_options(args: argparse.Namespace) -> dict[str, Any]:
             env[k] = v
         elif k in os.environ:
             env[k] = os.environ[k]
-    opts: dict[str, Any] = dict(name=args.name, rm=args.rm, network=args.net, memory=args.memory, cpus=args.cpus,
+    network = args.net or ("bridge" if args.publish else "none")   # -p needs a network: Docker's default, bridge
+    opts: dict[str, Any] = dict(name=args.name, rm=args.rm, network=network, memory=args.memory, cpus=args.cpus,
                                 pids=args.pids, env=env or None, binds=_volumes(args.volume or []),
                                 readonly=args.read_only)
     if args.workdir:
@@ -168,6 +169,7 @@ def _run_options(args: argparse.Namespace) -> dict[str, Any]:
     extra = {"hostname": args.hostname, "privileged": args.privileged or None,
              "cap_add": tuple(args.cap_add or ()) or None, "cap_drop": tuple(args.cap_drop or ()) or None,
              "publish": tuple(args.publish or ()) or None}
+
     opts.update({k: v for k, v in extra.items() if v is not None})
     return opts
 
@@ -381,7 +383,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("-i", "--interactive", action="store_true", help="keep stdin open (with -t: a shell)")
     s.add_argument("-t", "--tty", action="store_true", help="a pseudo-terminal (with -i)")
     s.add_argument("--name", help="container name ([a-zA-Z0-9][a-zA-Z0-9_.-]*)")
-    s.add_argument("--net", "--network", dest="net", default="none", choices=["none", "bridge", "host"])
+    s.add_argument("--net", "--network", dest="net", default=None, choices=["none", "bridge", "host"],
+                   help="default none; bridge when -p is given")
     s.add_argument("-m", "--memory", help="memory limit, e.g. 64M")
     s.add_argument("--cpus", type=float, help="CPU limit, e.g. 0.5")
     s.add_argument("--pids", "--pids-limit", dest="pids", type=int, help="process limit")

@@ -21,6 +21,7 @@ from . import errors
 from ._sys import leftovers, loop, mounts
 from ._sys.leftovers import Leftover, collector, inside as _inside
 from .containers import gc as _containers_gc  # noqa: F401  (cgroups, veths, bridges, netns, records)
+from .containers import proxy as _proxy  # noqa: F401  (published-port proxies)
 from .snapshots import dmthin as _dmthin  # noqa: F401  (device-mapper devices)
 from .snapshots.mount import unmount
 from .thin import gc as _thin_gc  # noqa: F401  (pool daemons)

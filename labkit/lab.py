@@ -30,6 +30,7 @@ from ._sys.leftovers import inside
 from .config import default_root
 from .gc import gc
 from .containers import Runtime
+from .containers.proxy import parse_publish, start_proxy
 from .images import BuildResult, ImageStore, SaveReport
 from .snapshots import BaseSnapshotter, default_backend, open_snapshotter
 from .snapshots.capabilities import PoolBacked
@@ -287,12 +288,13 @@ class Lab:
             cpus: float | None = None, pids: int | None = None, env: dict[str, str] | None = None,
             workdir: str | None = None, user: str | None = None, readonly: bool = False,
             binds: Sequence[str] = (), entrypoint: Sequence[str] | None = None,
-            **runtime_options: Any) -> LabContainer:
+            publish: Sequence[str] = (), **runtime_options: Any) -> LabContainer:
         """Start ``cmd`` in a container on a fresh snapshot of ``image``; waits unless ``detach``.
 
         With ``rm`` the snapshot is thrown away when the container ends (``docker run --rm``). As in
         Docker, the image's config fills what is not given: ``entrypoint`` + ``cmd`` (an empty ``cmd``
-        takes the image's Cmd), its Env under ``env``, its WorkingDir and User. Other
+        takes the image's Cmd), its Env under ``env``, its WorkingDir and User. ``publish`` takes Docker's
+        ``[IP:]HOST:CONTAINER`` (127.0.0.1 unless an address is given; needs ``network="bridge"``). Other
         keyword options go to the runtime as they are: ``privileged``, ``cap_add``, ``cap_drop``,
         ``hostname``, ``tty``, ``publish`` ... (see :meth:`labkit.containers.Runtime.run`).
 
@@ -309,6 +311,10 @@ class Lab:
         env = {**dict(e.split("=", 1) for e in info.env if "=" in e), **(env or {})}
         workdir = workdir or info.workdir or "/"
         user = user or info.user or None
+        ports = [parse_publish(p) for p in publish]
+        if ports and network != "bridge":
+            raise errors.InvalidArgument(f"publishing {', '.join(publish)}", f"needs a network, not {network!r}",
+                                         fix="add --net bridge (labkit's default network is none)")
         name = check_name(name) if name is not None else secrets.token_hex(5)
         c = LabContainer(self, name, image, argv, rm)
         if any(i.name == c.key for i in self.sn.walk(f"name=={c.key}")):
@@ -320,10 +326,18 @@ class Lab:
         try:
             m = self.sn.prepare(c.key, snapshot, labels={"labkit.container": name, "labkit.image": image_id})
             mounted = m.mount(target)
-            self.runtime.run(target, argv, name=name, network=network,
-                             memory=parse_size(memory, what="memory") if memory is not None else None,
-                             cpus=cpus, pids=pids, env=env or None, workdir=workdir, user=user, readonly=readonly,
-                             binds=binds, detach=detach, **runtime_options)
+            rc = self.runtime.run(target, argv, name=name, network=network,
+                                  memory=parse_size(memory, what="memory") if memory is not None else None,
+                                  cpus=cpus, pids=pids, env=env or None, workdir=workdir, user=user,
+                                  readonly=readonly, binds=binds, detach=detach or bool(ports), **runtime_options)
+            if ports:
+                try:
+                    start_proxy(rc.id, rc.dir, rc.state.pid, rc.state.ip, ports)
+                except BaseException:
+                    rc.remove(force=True)
+                    raise
+                if not detach:
+                    rc.wait()
         except BaseException:
             if mounted is not None:
                 mounted.unmount()

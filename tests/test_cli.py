@@ -158,3 +158,49 @@ def test_info_and_completion():
     r = subprocess.run(["bash", "-c", script + '\nCOMP_WORDS=(labkit image ""); COMP_CWORD=2; _labkit; '
                         'echo "${COMPREPLY[@]}"'], capture_output=True, text=True)
     assert "import" in r.stdout.split() and "prune" in r.stdout.split(), r.stderr
+
+
+@pytest.mark.root
+def test_publish_a_port_on_loopback(lab_root, tmp_path):
+    import time
+    import urllib.request
+    from labkit.containers.proxy import _proxies
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "index.html").write_text("hello web\n")
+    r = labkit("run", "-d", "--name", "web", "-p", "18089:80", "-v", f"{www}:/www:ro", "busybox", *lab_root,
+               "--", "httpd", "-f", "-p", "80", "-h", "/www")
+    assert r.returncode == 0, r.stderr
+    try:
+        body = ""
+        for _ in range(50):
+            try:
+                body = urllib.request.urlopen("http://127.0.0.1:18089/index.html", timeout=2).read().decode()
+                break
+            except OSError:
+                time.sleep(0.1)
+        assert body == "hello web\n"
+        proxies = [argv for _pid, argv in _proxies() if "127.0.0.1:18089:80" in argv]
+        assert proxies, "the proxy listens on 127.0.0.1 by default"
+        r = labkit("run", "--rm", "-p", "18089:80", "busybox", *lab_root, "--", "sleep", "5")
+        assert r.returncode == 125 and "Address already in use" in r.stderr and r.stderr.count("\n") == 1
+        r = labkit("run", "--rm", "--net", "none", "-p", "18090:80", "busybox", *lab_root, "--", "true")
+        assert r.returncode == 125 and "needs a network" in r.stderr
+    finally:
+        labkit("rm", "-f", "web", *lab_root)
+    for _ in range(50):                      # the proxy follows its container out
+        if not [a for _p, a in _proxies() if "127.0.0.1:18089:80" in a]:
+            break
+        time.sleep(0.1)
+    assert not [a for _p, a in _proxies() if "127.0.0.1:18089:80" in a]
+
+
+@pytest.mark.root
+def test_detached_run_returns_at_once_under_a_pipe(lab_root):
+    """`$(labkit run -d ...)` once waited for the container to exit: its shim held the caller's stdout."""
+    r = subprocess.run([sys.executable, "-m", "labkit.cli", "run", "-d", "--name", "bg", "busybox", *lab_root, "--",
+                        "sleep", "30"], capture_output=True, text=True, timeout=20)
+    try:
+        assert r.returncode == 0 and r.stdout == "bg\n", r.stderr
+    finally:
+        labkit("rm", "-f", "bg", *lab_root)
