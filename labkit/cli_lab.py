@@ -97,7 +97,7 @@ def cmd_image(args: argparse.Namespace) -> int:
                      {"id": _ids(args), "parent": _ids(args), "tags": _tags, "created": _when(args),
                       "size": _sizes(args), "exclusive": _sizes(args)})
         elif v == "tree":
-            print(lab.tree())
+            print(lab.tree(exact=args.bytes))
         elif v == "inspect":
             print_json(lab.inspect(args.ref))
         elif v == "history":
@@ -350,7 +350,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--ref", help="which image of an archive that holds several (e.g. localhost/app:v1)")
     s = isub.add_parser("ls", help="list images")
     _listing_flags(s)
-    isub.add_parser("tree", help="lineage with sizes")
+    s = isub.add_parser("tree", help="lineage with sizes, recipe lines and hand commits")
+    s.add_argument("--bytes", action="store_true", help="sizes in exact bytes")
     for verb, hlp in (("inspect", "everything about one image"), ("whatrequires", "images and containers that depend on it")):
         isub.add_parser(verb, help=hlp).add_argument("ref")
     s = isub.add_parser("history", help="the chain back to the base, newest first")

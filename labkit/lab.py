@@ -79,6 +79,20 @@ def _frame(rows: Any, columns: list[str] | None = None, *, as_frame: bool = True
     return df
 
 
+def _human_size(n: int) -> str:
+    """Decimal units as Docker prints them (``2.0 MB``)."""
+    v = float(n)
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(v) < 1000 or unit == "GB":
+            return f"{int(v)} B" if unit == "B" else f"{v:.1f} {unit}"
+        v /= 1000
+    return f"{v:.1f} TB"
+
+
+def _cut(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
 def _plain(x: Any) -> Any:
     return dataclasses.asdict(x) if dataclasses.is_dataclass(x) and not isinstance(x, type) else x
 
@@ -244,10 +258,34 @@ class Lab:
         """Space per image and container: total, shared, exclusive, reclaimable."""
         return _frame(self.store.df(), as_frame=as_frame)
 
-    def tree(self) -> str:
-        """The lineage of every image, with sizes, as text."""
-        t = self.store.tree()
-        return t[0] if isinstance(t, tuple) else str(t)
+    def tree(self, *, exact: bool = False) -> str:
+        """The lineage of every image as text: tags, sizes (``exact``: in bytes), what made it — a recipe
+        line or a hand commit — and the containers on it.
+
+        >>> print(lab.tree())              # doctest: +SKIP
+        fafbf9d816f2 busybox:latest  2.0 MB, own 720.9 kB  (labkit import busybox)
+        └─ 878489a97859 app:v1  2.0 MB, own 1.0 MB  (hand commit: sh -c mkdir /app)
+        """
+        _text, roots = self.store.tree()
+        size = (lambda n: f"{n} B") if exact else _human_size
+        lines: list[str] = []
+
+        def draw(node: Any, prefix: str, last: bool, top: bool) -> None:
+            how = (f"recipe {node.recipe}" if node.recipe else
+                   node.created_by if node.created_by.startswith("labkit ") else f"hand commit: {node.created_by}")
+            tags = " ".join(node.tags) or "<none>"
+            total = "?" if node.size is None else size(node.size)
+            lines.append(f"{'' if top else prefix + ('└─ ' if last else '├─ ')}{node.short_id} {tags}  "
+                         f"{total}, own {size(node.exclusive)}  ({_cut(how, 60)})")
+            kids = [*node.children]
+            inner = "" if top else prefix + ("   " if last else "│  ")
+            for i, kid in enumerate(kids):
+                draw(kid, inner, i == len(kids) - 1 and not node.containers, False)
+            for i, c in enumerate(node.containers):
+                lines.append(f"{inner}{'└─ ' if i == len(node.containers) - 1 else '├─ '}container {c}")
+        for root in roots:
+            draw(root, "", True, True)
+        return "\n".join(lines) if lines else "(no images)"
 
     def build(self, recipe: str, context: str | None = None, *, tag: str | None = None,
               build_args: dict[str, str] | None = None, no_cache: bool = False,
