@@ -204,3 +204,48 @@ def test_detached_run_returns_at_once_under_a_pipe(lab_root):
         assert r.returncode == 0 and r.stdout == "bg\n", r.stderr
     finally:
         labkit("rm", "-f", "bg", *lab_root)
+
+
+@pytest.mark.root
+def test_run_it_is_a_real_terminal(lab_root):
+    """`labkit run -it busybox sh` in a terminal: a prompt, echo, window size, Ctrl-C reaches the shell
+    (not labkit), the exit status comes back, and the terminal is restored."""
+    import os
+    import pty
+    import select
+    import termios
+    import time
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execv(sys.executable, [sys.executable, "-m", "labkit.cli", "run", "-it", "--rm", "busybox", *lab_root,
+                                  "--", "sh"])
+    import fcntl
+    import struct
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
+    buf = b""
+
+    def expect(what: bytes, timeout: float = 30) -> bytes:
+        nonlocal buf
+        end = time.monotonic() + timeout
+        while what not in buf and time.monotonic() < end:
+            if select.select([fd], [], [], 0.2)[0]:
+                try:
+                    buf += os.read(fd, 4096)
+                except OSError:
+                    break
+        assert what in buf, buf[-400:]
+        out, buf = buf, b""
+        return out
+
+    expect(b"# ")
+    os.write(fd, b"stty size; [ -t 0 ] && echo on-a-$((1+1))-tty\r")
+    out = expect(b"on-a-2-tty\r\n")
+    assert b"33 101" in out
+    os.write(fd, b"sleep 30\r")
+    time.sleep(0.5)
+    os.write(fd, b"\x03")                                  # Ctrl-C ends sleep, not labkit
+    expect(b"# ")
+    os.write(fd, b"exit 7\r")
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 7
+    os.close(fd)

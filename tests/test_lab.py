@@ -95,3 +95,16 @@ def test_one_way_in_history_rmi_prune_reset(tmp_path):
 def test_root_slash_refused():
     with pytest.raises(errors.InvalidArgument, match="store root '/'"):
         Lab("/", "copy")
+
+
+def test_check_reports_and_repairs_a_store(tmp_path):
+    with Lab(str(tmp_path / "lab"), "overlay") as lab:
+        lab.import_image("busybox", tag="busybox")
+        assert lab.check() == []                                    # a clean store
+        stray = os.path.join(lab.root, "rootfs", "ctr-ghost")
+        os.makedirs(stray)
+        rows = lab.check()
+        assert [r["part"] for r in rows] == ["rootfs"] and "ghost" in rows[0]["problem"]
+        assert os.path.isdir(stray)                                 # reporting changes nothing
+        lab.check(repair=True)
+        assert not os.path.exists(stray) and lab.check() == []
