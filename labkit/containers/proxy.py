@@ -28,6 +28,7 @@ from typing import Sequence
 from .. import errors
 from .._sys import leftovers
 from .._sys.leftovers import Leftover, collector, inside
+from ._proc import send_signal, starttime
 
 __all__ = ["Publish", "parse_publish", "start_proxy", "proxy_leftovers"]
 
@@ -199,17 +200,9 @@ def _arg(argv: list[str], name: str) -> str:
     return argv[argv.index(name) + 1] if name in argv and argv.index(name) + 1 < len(argv) else ""
 
 
-def _end(pid: int) -> None:
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return
-    try:
-        signal.pidfd_send_signal(fd, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    finally:
-        os.close(fd)
+def _end(pid: int, start: int | None) -> None:
+    """SIGTERM through a pidfd checked against the start time seen when it was found (never a reused pid)."""
+    send_signal(pid, start, signal.SIGTERM)
 
 
 @collector(order=leftovers.CONTAINERS)
@@ -224,5 +217,5 @@ def proxy_leftovers(root: str, everything: bool) -> list[Leftover]:
         if not everything and ctr.isdigit() and os.path.exists(f"/proc/{ctr}"):
             continue                       # its container still runs: the proxy is in use
         out.append(Leftover("proxy", str(pid), f"ports of container {_arg(argv, '--cid')}",
-                            (lambda p=pid: _end(p))))
+                            (lambda p=pid, t=starttime(pid): _end(p, t))))
     return out

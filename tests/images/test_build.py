@@ -1,14 +1,13 @@
 """Recipes: ``ImageStore.build`` step by step, its cache, COPY's confinement, one-line errors, and the whole
 thing through a Lab (RUN in real containers) and through the CLI verbs of ``labkit.images.cli``.
 
-``lab_build`` below is what ``Lab.build`` is: a ``run_step`` made of ``Lab.run`` + ``Lab.commit``.
+``lab_build`` below goes through ``Lab.build``: a ``run_step`` made of ``Lab.run`` + ``Lab.commit``.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import secrets
 import stat
 from contextlib import contextmanager
 
@@ -266,24 +265,10 @@ def test_run_failure_context_change_and_scratch(store: ImageStore, ctx, tmp_path
 
 
 # ---- through a Lab: RUN in real containers ---------------------------------------------------------------
-def lab_build(lab, recipe, context=None, *, tag=None, build_args=None, no_cache=False, progress=print):
-    """What ``Lab.build`` is: RUN steps run as ``Lab.run`` (no network, the image's entrypoint ignored,
-    the step's env/workdir/user) and are committed with ``Lab.commit``; the container always goes."""
-    def run_step(parent, argv, env, workdir, user):
-        c = lab.run(parent, argv, name=f"build-{secrets.token_hex(5)}", entrypoint=[], env=env, workdir=workdir,
-                    user=user or None, network="none")
-        try:
-            if progress and c.output:
-                for line in c.output.rstrip("\n").split("\n"):
-                    progress(line)
-            if c.exit_code != 0:
-                raise errors.FailedPrecondition(f"command {argv!r}", f"exited with {c.exit_code}",
-                                                fix="fix the RUN line; its output is above")
-            return lab.commit(c)
-        finally:
-            c.remove(force=True)
-    return lab.store.build(recipe, context, tag=tag, run_step=run_step, build_args=build_args, no_cache=no_cache,
-                           progress=progress)
+def lab_build(lab, recipe, context=None, **kw):
+    """``Lab.build``: RUN steps run as ``Lab.run`` (no network, the image's entrypoint ignored) and are
+    committed with ``Lab.commit``."""
+    return lab.build(recipe, context, **kw)
 
 
 class _CliLab:
