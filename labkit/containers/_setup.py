@@ -4,7 +4,10 @@ Runs in a process forked from the spawner (:mod:`labkit.containers._spawner`), n
 (possibly huge) Python process. The order matters and follows runc's ``libcontainer/rootfs_linux.go``
 and ``standard_init_linux.go``:
 
-1. join the cgroup (write 0 to each ``cgroup.procs``) - before anything can allocate;
+1. the shim moves this process into the container's cgroup (its pid to each ``cgroup.procs``) while it
+   sets itself up (steps 2-6), and it waits for that before step 7, so nothing of the command ever runs
+   outside the cgroup's limits (the first move after a quiet spell waits for an RCU grace period, ~7 ms
+   here: it now overlaps with the mounts);
 2. ``unshare`` mount, UTS, IPC (and net for ``none``) or ``setns`` into a prepared network namespace;
    the PID namespace was unshared by the parent (the shim), so this process is already PID 1;
 3. make every mount private, bind the rootfs on itself and open it as a directory fd; from here on
@@ -262,16 +265,22 @@ def _fail(errw: int, step: str, e: BaseException) -> None:
         os._exit(127)
 
 
-def setup_and_exec(spec: RunSpec, errw: int, netns_fd: int | None, tty_fd: int | None = None) -> None:
-    """Turn this freshly forked PID 1 into the container and exec its command; never returns."""
+def setup_and_exec(spec: RunSpec, errw: int, netns_fd: int | None, tty_fd: int | None = None, *,
+                   joined: int | None = None) -> None:
+    """Turn this freshly forked PID 1 into the container and exec its command; never returns.
+
+    ``joined``: a pipe the shim writes one byte to once it has moved this process into the cgroup (EOF
+    without it: the shim failed and reported why); without it this process joins the cgroup itself,
+    first."""
     steps = ["start"]
     p = spec.process
     try:
         _default_signals()
-        steps[0] = "cgroup"
-        for f in spec.procs_files:
-            with open(f, "w") as fh:
-                fh.write("0")
+        if joined is None:
+            steps[0] = "cgroup"
+            for f in spec.procs_files:
+                with open(f, "w") as fh:
+                    fh.write("0")
         steps[0] = "stdio"
         _stdio(spec.stdin, spec.log, tty_fd)
         steps[0] = "namespaces"
@@ -318,6 +327,11 @@ def setup_and_exec(spec: RunSpec, errw: int, netns_fd: int | None, tty_fd: int |
         if spec.network == "none":
             steps[0] = "loopback"
             loopback_up()
+        if joined is not None:
+            steps[0] = "cgroup"
+            if os.read(joined, 1) != b"1":
+                os._exit(127)           # the shim could not move us and has said why on the error pipe
+            os.close(joined)
         become(p, steps)
     except BaseException as e:  # noqa: BLE001 - everything goes to the error pipe, then exit
         _fail(errw, steps[0], e)

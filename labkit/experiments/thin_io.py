@@ -1,17 +1,24 @@
 """Experiment ``thin-io``: I/O through a thin device (FUSE + loop + ext4) against a plain loop file.
 
-Both targets are ext4 on a loop device on the same disk, measured in the same run: ``thin`` is a thin
-snapshot of labkit's pool (its device file served by the FUSE daemon), ``loop`` a sparse file. Ops:
+Both targets are ext4 on a loop device on the same disk, set up together and measured **in turn** (each
+repetition runs every op on both, the order alternating), so a ratio thin/loop is taken per repetition
+from two runs seconds apart: paired A/B under the same load. ``thin`` is a thin snapshot of labkit's pool
+(its device file served by the FUSE daemon), ``loop`` a sparse file. Ops:
 
 * ``seq_write``: a file of ``file_size`` written in 1 MiB writes, then fsync (data reaches the device);
-* ``seq_read``: the same file read in 1 MiB ``O_DIRECT`` reads (no page cache: every read hits the device);
+* ``seq_read``: the same file read in 1 MiB ``O_DIRECT`` reads (no ext4 page cache: every read reaches
+  the loop device);
 * ``rand_write_4k``: ``random_ops`` 4 KiB ``O_DIRECT`` writes at random aligned offsets in that file, then
   fsync.
 
-Columns: ``target, op, repeat, warmup, bytes, seconds, mib_per_s`` plus the host columns.
+``cold=True`` syncs and drops the page cache (``/proc/sys/vm/drop_caches``) before every op, so reads come
+from the disk on both targets; the default leaves the caches warm (the loop file's and the thin export's).
 
->>> df = run(root="/var/tmp/lk-io", file_size="64M", repeat=2)          # doctest: +SKIP
->>> df[~df.warmup].groupby(["op", "target"]).mib_per_s.median()         # doctest: +SKIP
+Columns: ``target, op, repeat, warmup, bytes, seconds, mib_per_s, load_1m, cold`` plus the host columns.
+:func:`ratios` gives the medians and the paired ratio with its spread.
+
+>>> df = run(root="/var/tmp/lk-io", file_size="64M", repeat=5)          # doctest: +SKIP
+>>> ratios(df)                                                          # doctest: +SKIP
 """
 from __future__ import annotations
 
@@ -21,7 +28,7 @@ import random
 import shutil
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any, Iterator
 
 import pandas as pd
@@ -65,7 +72,7 @@ def _loop_target(base: str, size: int) -> Iterator[str]:
     os.mkdir(target)
     dev = loop.attach(image, name="labkit-bench-loop")
     try:
-        mounts.mount(dev, target, "ext4", 0, None)
+        mounts.mount(dev, target, "ext4", 0, "noinit_itable")   # as thin mounts: no background zeroing
         loop.set_autoclear(dev)
     except BaseException:
         loop.detach(dev)
@@ -115,12 +122,25 @@ def _rand_write(path: str, size: int, n: int, rng: random.Random) -> float:
     return time.perf_counter() - t0
 
 
-def run(*, root: str, file_size: int | str = "256M", random_ops: int = 4000, repeat: int = 3,
-        progress: bool = True) -> pd.DataFrame:
-    """Measure every op on both targets ``repeat`` times after one warm-up; returns the tidy DataFrame."""
+def _drop_caches() -> None:
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3")
+
+
+def _load() -> float:
+    with open("/proc/loadavg") as f:
+        return float(f.read().split()[0])
+
+
+def run(*, root: str, file_size: int | str = "256M", random_ops: int = 4000, repeat: int = 5,
+        cold: bool = False, progress: bool = True) -> pd.DataFrame:
+    """Measure every op on both targets ``repeat`` times after one warm-up, the targets in turn; returns
+    the tidy DataFrame."""
     size = parse_size(file_size, what="file_size") // MIB * MIB
     os.makedirs(root, exist_ok=True)
     env = environment(root)
+    host = {k: env[k] for k in ("kernel", "store_fs", "labkit_version", "cpu_model")}
     rng = random.Random(42)
     block = rng.randbytes(MIB)
     rows = []
@@ -128,12 +148,17 @@ def run(*, root: str, file_size: int | str = "256M", random_ops: int = 4000, rep
     bar = tqdm(total=2 * (repeat + 1) * len(OPS), disable=not progress, unit="op", leave=False)
     base = tempfile.mkdtemp(prefix="thin-io-", dir=root)
     try:
-        for name, ctx in (("loop", _loop_target), ("thin", _thin_target)):
-            with ctx(base, size) as target:
-                path = os.path.join(target, "file")
-                for r in range(repeat + 1):
-                    for op in OPS:
+        with ExitStack() as stack:
+            targets = {"loop": stack.enter_context(_loop_target(base, size)),
+                       "thin": stack.enter_context(_thin_target(base, size))}
+            for r in range(repeat + 1):
+                for i, op in enumerate(OPS):
+                    order = ["loop", "thin"] if (r + i) % 2 == 0 else ["thin", "loop"]
+                    for name in order:
                         bar.set_description(f"{name} {op}")
+                        path = os.path.join(targets[name], "file")
+                        if cold:
+                            _drop_caches()
                         if op == "seq_write":
                             secs, nbytes = _seq_write(path, size, block), size
                         elif op == "seq_read":
@@ -141,8 +166,8 @@ def run(*, root: str, file_size: int | str = "256M", random_ops: int = 4000, rep
                         else:
                             secs, nbytes = _rand_write(path, size, random_ops, rng), random_ops * 4096
                         rows.append({"target": name, "op": op, "repeat": r, "warmup": r == 0, "bytes": nbytes,
-                                     "seconds": secs, "mib_per_s": nbytes / MIB / secs,
-                                     **{k: env[k] for k in ("kernel", "store_fs", "labkit_version", "cpu_model")}})
+                                     "seconds": secs, "mib_per_s": nbytes / MIB / secs, "load_1m": _load(),
+                                     "cold": cold, **host})
                         bar.update(1)
     finally:
         bar.close()
@@ -151,20 +176,35 @@ def run(*, root: str, file_size: int | str = "256M", random_ops: int = 4000, rep
 
 
 def ratios(df: pd.DataFrame) -> pd.DataFrame:
-    """Median MiB/s per op and target (warm-up dropped) and the ratio thin / loop."""
-    d = df[~df.warmup].groupby(["op", "target"]).mib_per_s.median().unstack("target")
-    d["thin_vs_loop"] = d["thin"] / d["loop"]
-    return d.reindex([o for o in OPS if o in d.index])
+    """Per op: median MiB/s of each target and the ratio thin/loop, taken per repetition (paired) and
+    summarised by its median, 25 % and 75 % quantiles, minimum and maximum (warm-up dropped), and the
+    median load average."""
+    d = df[~df.warmup]
+    keys = ["op", *(c for c in ("file_size", "cold") if c in d.columns and d[c].nunique() > 1)]
+    out = d.groupby([*keys, "target"]).mib_per_s.median().unstack("target")
+    wide = d.pivot_table(index=[*keys, "repeat"], columns="target", values="mib_per_s")
+    r = (wide["thin"] / wide["loop"]).groupby(level=keys)
+    out["thin_vs_loop"] = r.median()
+    out["ratio_25%"], out["ratio_75%"] = r.quantile(0.25), r.quantile(0.75)
+    out["ratio_min"], out["ratio_max"] = r.min(), r.max()
+    out["runs"] = r.count()
+    out["load_1m"] = d.groupby(keys).load_1m.median() if "load_1m" in d else float("nan")
+    if keys == ["op"]:
+        out = out.reindex([o for o in OPS if o in out.index])
+    return out
 
 
 @experiment("thin-io", title="I/O through a thin device (FUSE + loop + ext4) vs a plain loop file",
             params=[Param("file_size", "size", "256M", "file written and read"),
-                    Param("random_ops", "int", 4000, "4 KiB random writes", min=1)],
-            columns={"target": "thin or loop", "op": "seq_write, seq_read, rand_write_4k", "mib_per_s": "throughput"},
+                    Param("random_ops", "int", 4000, "4 KiB random writes", min=1),
+                    Param("cold", "bool", False, "drop the page cache before every op (reads from disk)")],
+            columns={"target": "thin or loop", "op": "seq_write, seq_read, rand_write_4k", "mib_per_s": "throughput",
+                     "load_1m": "load average after the op"},
             trials_per_case=lambda p: 6, summary=ratios)
 def thin_io_case(p: dict[str, Any], repeat: int, ctx: Context) -> list[dict[str, Any]]:
-    """The whole comparison is one case (both targets in the same run)."""
-    df = run(root=ctx.root, file_size=p["file_size"], random_ops=p["random_ops"], repeat=repeat, progress=False)
+    """The whole comparison is one case (both targets in the same run, measured in turn)."""
+    df = run(root=ctx.root, file_size=p["file_size"], random_ops=p["random_ops"], repeat=repeat,
+             cold=p["cold"], progress=False)
     ctx.tick(6 * (repeat + 1))
-    keep = ["target", "op", "repeat", "bytes", "seconds", "mib_per_s"]
+    keep = ["target", "op", "repeat", "bytes", "seconds", "mib_per_s", "load_1m"]
     return df[keep].to_dict("records")

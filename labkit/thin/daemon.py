@@ -38,13 +38,11 @@ import threading
 import time
 from typing import Any
 
-import mfusepy
-
 from .. import errors
 from .._sys import loop
 from .._sys import mounts as sysmount
 from . import wire
-from .exportfs import PoolFS, mount_options
+from .exportfs import PoolFS, PoolFUSE, mount_options
 from .pool import Pool
 
 log = logging.getLogger("labkit.thin.daemon")
@@ -195,6 +193,7 @@ class Daemon:
         if op in _CHANGING:
             getattr(pool, op)(*args)
             pool.commit()
+            self.fs.forget(args[0])     # a new or deleted device: the kernel's pages and size of its file are stale
             return {"ok": None}
         if op == "commit":
             return {"ok": pool.commit()}
@@ -300,7 +299,7 @@ class Daemon:
             t.start()
             self._clear_stale_mount()
             os.makedirs(self.mountpoint, exist_ok=True)
-            mfusepy.FUSE(self.fs, self.mountpoint, **mount_options(self.pool_path))
+            PoolFUSE(self.fs, self.mountpoint, **mount_options(self.pool_path))
         finally:
             self.stopping.set()
             self._unlink_socket()

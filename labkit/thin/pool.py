@@ -16,13 +16,16 @@ on the root, so it costs the same whatever the device's size.
 """
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import os
+import sys
 import threading
 import time as _time
 import uuid as _uuid
 from typing import IO, Any, Callable, Iterator, Mapping
 
+from .._sys.libc import libc
 from ..errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from ..units import parse_size
 from . import btree
@@ -41,6 +44,14 @@ MAX_DEV_ID = (1 << 24) - 1
 TIME_MASK = (1 << 24) - 1
 DATA_FILE = "data"
 META_FILE = "metadata"
+#: a run of at least this many bytes written to the data file starts its way to the disk at once
+#: (``sync_file_range(SYNC_FILE_RANGE_WRITE)``, which does not wait), so the disk writes overlap with the
+#: next requests instead of all waiting for the commit's fsync; 0 turns it off. Durability is unchanged:
+#: only the commit's fsync makes anything durable.
+EARLY_WRITEBACK = 256 << 10
+SYNC_FILE_RANGE_WRITE = 2
+_sync_file_range = libc.sync_file_range
+_sync_file_range.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
 
 
 def _block_size(value: int | str) -> int:
@@ -75,6 +86,9 @@ class Pool:
         self.on_low_water = on_low_water
         self.commit_interval = commit_interval
         self._lock = threading.RLock()
+        # data I/O done outside the lock (see _write): commit, snapshot, delete and discard wait for it
+        self._io = threading.Condition(threading.Lock())
+        self._inflight = 0
         self._closed = True
         meta_path = os.path.join(self.path, META_FILE)
         data_path = os.path.join(self.path, DATA_FILE)
@@ -113,6 +127,7 @@ class Pool:
         self._queued = False
         self._low_fired = False
         self._last_commit = _time.monotonic()
+        self._zeros = memoryview(bytes(self.block_size))
 
     def _lock_metadata(self, wait: float) -> None:
         """Like the kernel opening the metadata device O_EXCL: one writer at a time (waiting up to
@@ -317,6 +332,7 @@ class Pool:
             self._check_writable()
             self._new_id(dev_id)
             o = self._details(origin_id)
+            self._quiesce()
             self.tm.meta_sm.inc(o.root)
             # like the kernel: tick the clock, stamp both; mappings older than snap_time count as shared
             t = self.sb.time = (self.sb.time + 1) & TIME_MASK
@@ -333,6 +349,7 @@ class Pool:
         with self._lock:
             self._check_writable()
             d = self._details(dev_id)
+            self._quiesce()
             btree.del_tree(self.tm, d.root)
             del self._devs[dev_id]
             self._dirty_devs.discard(dev_id)
@@ -352,13 +369,17 @@ class Pool:
         raise PoolFull(f"thin pool '{self.path}'", "is out of metadata space; now read-only",
                        fix="close and reopen it, delete devices, or recreate it with a larger metadata_size")
 
-    def _alloc_data(self) -> int:
+    def _alloc_data(self, before_commit: Callable[[], None] | None = None) -> int:
+        """A free data block (count 1). When none is free but blocks freed in this transaction wait for a
+        commit, commits first (calling ``before_commit``: the caller's data writes must land before it)."""
         dsm = self.tm.data_sm
         try:
             b = dsm.alloc()
         except NoSpace:
             b = -1
             if dsm.nr_pending_free:  # like dm-thin: commit to release blocks freed in this transaction
+                if before_commit is not None:
+                    before_commit()
                 self._commit_locked()
                 try:
                     b = dsm.alloc()
@@ -385,10 +406,35 @@ class Pool:
         if self._low_fired and (self.low_water_mark is None or dsm.nr_free > self.low_water_mark):
             self._low_fired = False
 
+    def _commit_due(self) -> bool:
+        return len(self.tm.dirty) > 8192 or (self.commit_interval is not None
+                                             and _time.monotonic() - self._last_commit >= self.commit_interval)
+
     def _maybe_commit(self) -> None:
-        if len(self.tm.dirty) > 8192 or (self.commit_interval is not None
-                                         and _time.monotonic() - self._last_commit >= self.commit_interval):
+        if self._commit_due():
             self._commit_locked()
+
+    # Data I/O outside the lock. A write maps its blocks under the lock and copies the bytes after letting
+    # go of it, so several FUSE threads overlap their copies (the GIL is released in pwrite/preadv). That
+    # is safe because (1) a commit first waits for every such copy, so no mapping becomes durable before
+    # its data, and a block freed meanwhile is reused only after a commit; (2) a snapshot, a delete and a
+    # discard wait too, so a block being written is never shared, copied or handed to another device.
+    # Partial writes of new or newly unshared blocks (zero fill, copy of the old block) stay under the lock.
+    def _io_begin(self) -> None:
+        with self._io:
+            self._inflight += 1
+
+    def _io_end(self) -> None:
+        with self._io:
+            self._inflight -= 1
+            if not self._inflight:
+                self._io.notify_all()
+
+    def _quiesce(self) -> None:
+        """Wait (holding the pool lock, so no new I/O starts) until no data I/O is in flight."""
+        with self._io:
+            while self._inflight:
+                self._io.wait()
 
     def _write(self, dev_id: int, offset: int, data: bytes | bytearray | memoryview) -> None:
         with self._lock:
@@ -408,62 +454,127 @@ class Pool:
             pos = 0
             self._changed = True
             dirty = self._dirty_devs
+            # whole-block and in-place chunks are queued as runs of consecutive data blocks (a 1 MiB
+            # request on fresh blocks: one pwrite instead of 16) and copied after the lock is released;
+            # partial chunks of new or newly unshared blocks are written at once. If the allocator must
+            # commit, or an error leaves the call, the queue is written first, under the lock.
+            runs: list[list[int]] = []  # [data file offset, source offset, length]
+
+            def flush() -> None:
+                for off, src, n in runs:
+                    os.pwrite(dfd, mv[src:src + n], off)
+                runs.clear()
+
             try:
                 while pos < length:
                     vb, boff = divmod(offset + pos, bs)
                     n = min(bs - boff, length - pos)
-                    chunk = mv[pos:pos + n]
                     val, shared = btree.lookup(tm, d.root, vb)
                     if val is not None:
                         db = val >> 24  # type: ignore[operator]
                         # in place only if mapped since the device's last snapshot (dm-thin's test, which
                         # also keeps committed blocks of other devices safe) and really unshared now
                         if (val & TIME_MASK) >= snap_time and not shared and dsm_counts[db] == 1:  # type: ignore
-                            os.pwrite(dfd, chunk, db * bs + boff)
-                            pos += n
-                            continue
-                        nb = self._alloc_data()  # shared: break sharing
-                        if n < bs:
-                            buf = bytearray(os.pread(dfd, bs, db * bs))
-                            buf[boff:boff + n] = chunk
-                            os.pwrite(dfd, buf, nb * bs)
+                            target = db * bs + boff
                         else:
-                            os.pwrite(dfd, chunk, nb * bs)
-                        d.root, _ = btree.insert(tm, d.root, vb, (nb << 24) | t)
-                        dirty.add(dev_id)  # again: _alloc_data may have committed
+                            nb = self._alloc_data(flush)  # shared: break sharing
+                            if n < bs:
+                                buf = bytearray(os.pread(dfd, bs, db * bs))
+                                buf[boff:boff + n] = mv[pos:pos + n]
+                                os.pwrite(dfd, buf, nb * bs)
+                                target = -1
+                            else:
+                                target = nb * bs
+                            d.root, _ = btree.insert(tm, d.root, vb, (nb << 24) | t)
+                            dirty.add(dev_id)  # again: _alloc_data may have committed
                     else:
-                        nb = self._alloc_data()
+                        nb = self._alloc_data(flush)
                         if n < bs:
                             buf = bytearray(bs)
-                            buf[boff:boff + n] = chunk
+                            buf[boff:boff + n] = mv[pos:pos + n]
                             os.pwrite(dfd, buf, nb * bs)
+                            target = -1
                         else:
-                            os.pwrite(dfd, chunk, nb * bs)
+                            target = nb * bs
                         d.root, _ = btree.insert(tm, d.root, vb, (nb << 24) | t)
                         d.mapped_blocks += 1
                         dirty.add(dev_id)
+                    if target >= 0:
+                        last = runs[-1] if runs else None
+                        if last is not None and last[0] + last[2] == target and last[1] + last[2] == pos:
+                            last[2] += n
+                        else:
+                            runs.append([target, pos, n])
                     pos += n
-            except NoMetadataSpace:
-                self._metadata_full()
-            self._maybe_commit()
+            except BaseException:
+                flush()  # blocks written before an error stay written, as on a disk
+                if isinstance(sys.exc_info()[1], NoMetadataSpace):
+                    self._metadata_full()
+                raise
+            if not runs:
+                self._maybe_commit()
+                return
+            self._io_begin()
+        try:
+            for off, src, n in runs:
+                os.pwrite(dfd, mv[src:src + n], off)
+                if EARLY_WRITEBACK and n >= EARLY_WRITEBACK:
+                    _sync_file_range(dfd, off, n, SYNC_FILE_RANGE_WRITE)   # a hint: its result is ignored
+        finally:
+            self._io_end()
+        if self._commit_due():
+            with self._lock:
+                if not self._closed and not self._read_only:
+                    self._maybe_commit()
 
-    def _read(self, dev_id: int, offset: int, length: int) -> bytes:
+    def _read_into(self, dev_id: int, offset: int, out: memoryview) -> int:
+        """Fill ``out`` (a writable byte buffer) from ``offset``; return the bytes read (short at the end
+        of the device). Unmapped blocks read as zeros; consecutive data blocks are read with one preadv,
+        straight into ``out`` (no intermediate bytes objects), after the lock is released."""
         with self._lock:
             self._check_open()
             d = self._details(dev_id)
-            if offset < 0 or length < 0:
-                raise InvalidArgument(f"read at {offset} of {length} bytes", "is negative", fix="use offsets >= 0")
-            length = max(0, min(length, d.virtual_size - offset))
-            out = bytearray(length)
+            if offset < 0:
+                raise InvalidArgument(f"read at {offset}", "is negative", fix="use offsets >= 0")
+            length = max(0, min(len(out), d.virtual_size - offset))
             tm, bs, dfd = self.tm, self.block_size, self._dfd
+            zeros = self._zeros
+            runs: list[list[int]] = []  # [data file offset, destination offset, length]
             pos = 0
             while pos < length:
                 vb, boff = divmod(offset + pos, bs)
                 n = min(bs - boff, length - pos)
                 val, _ = btree.lookup(tm, d.root, vb)
-                if val is not None:
-                    out[pos:pos + n] = os.pread(dfd, n, (val >> 24) * bs + boff)  # type: ignore[operator]
+                if val is None:
+                    out[pos:pos + n] = zeros[:n]
+                else:
+                    src = (val >> 24) * bs + boff  # type: ignore[operator]
+                    last = runs[-1] if runs else None
+                    if last is not None and last[0] + last[2] == src and last[1] + last[2] == pos:
+                        last[2] += n
+                    else:
+                        runs.append([src, pos, n])
                 pos += n
+            if not runs:
+                return length
+            self._io_begin()
+        try:
+            for src, dst, n in runs:
+                got = os.preadv(dfd, [out[dst:dst + n]], src)
+                if got < n:  # cannot happen with a data file of full size; never hand out garbage
+                    out[dst + got:dst + n] = bytes(n - got)
+        finally:
+            self._io_end()
+        return length
+
+    def _read(self, dev_id: int, offset: int, length: int) -> bytes:
+        if length < 0:
+            raise InvalidArgument(f"read at {offset} of {length} bytes", "is negative", fix="use offsets >= 0")
+        with self._lock:
+            self._check_open()
+            size = self._details(dev_id).virtual_size
+            out = bytearray(max(0, min(length, size - offset)))
+            self._read_into(dev_id, offset, memoryview(out))
             return bytes(out)
 
     def _discard(self, dev_id: int, offset: int, length: int) -> None:
@@ -478,6 +589,7 @@ class Pool:
             end = (offset + length) // bs
             if end <= first:
                 return
+            self._quiesce()
             self._changed = True
             self._dirty_devs.add(dev_id)
             try:
@@ -510,6 +622,7 @@ class Pool:
         self._dirty_devs.clear()
 
     def _commit_locked(self) -> None:
+        self._quiesce()
         self._last_commit = _time.monotonic()
         tm = self.tm
         if not (self._changed or self._dirty_devs or self._deleted or tm.dirty or tm.meta_sm.dirty_chunks()
@@ -544,6 +657,7 @@ class Pool:
                     self._commit_locked()
             finally:
                 self._closed = True
+                self._quiesce()  # no copy outside the lock may outlive the descriptors
                 os.close(self._mfd)
                 os.close(self._dfd)
 
@@ -793,6 +907,11 @@ class Device:
     def read(self, offset: int, length: int) -> bytes:
         """Read ``length`` bytes at ``offset``; short at the end of the device, empty past it."""
         return self.pool._read(self.dev_id, offset, length)
+
+    def read_into(self, offset: int, buf: bytearray | memoryview) -> int:
+        """Read into ``buf`` (a writable buffer) from ``offset``; return how many bytes were read (short at
+        the end of the device). What the FUSE export uses: no intermediate copies."""
+        return self.pool._read_into(self.dev_id, offset, memoryview(buf).cast("B"))
 
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Write ``data`` at ``offset`` (any alignment). Raises ``OSError(ENOSPC)`` (:class:`PoolFull`)
