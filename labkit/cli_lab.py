@@ -34,7 +34,8 @@ EXIT_LABKIT, EXIT_CANNOT_EXEC, EXIT_NOT_FOUND = 125, 126, 127
 
 def _lab(args: argparse.Namespace) -> Any:
     from .lab import Lab   # pandas and the runtime load only for verbs that need a Lab
-    return Lab(default_root(args.root), getattr(args, "backend", None) or None)
+    # a CLI process is small: it forks its container itself rather than starting a helper interpreter
+    return Lab(default_root(args.root), getattr(args, "backend", None) or None, fork="direct")
 
 
 def _cmd(args: argparse.Namespace) -> list[str]:
@@ -219,7 +220,13 @@ def _follow(c: Any, *, out: Any = None) -> int:
                 deadline = time.monotonic() + 2.0
             if deadline is not None and time.monotonic() > deadline and live is not None:
                 live.kill(signal.SIGKILL)
-            time.sleep(0.02)
+            if live is None:
+                time.sleep(0.02)
+                continue
+            try:
+                live.wait(0.05)                      # a pidfd wait: wakes at once when the container exits
+            except TimeoutError:
+                pass
     finally:
         for s, h in old.items():
             signal.signal(s, h)

@@ -175,6 +175,8 @@ class Lab:
 
     ``root`` defaults to ``$LABKIT_ROOT`` or ``/var/lib/labkit``; ``backend`` to ``$LABKIT_BACKEND`` or the
     best one here; ``backend_options`` go to the snapshotter (e.g. ``data_size="4G"`` for thin).
+    ``fork="direct"`` forks containers from this process instead of a helper (the CLI: a small process
+    that runs one container); a notebook's big kernel keeps the default helper.
 
     >>> with Lab("/var/tmp/lk-doc", "overlay") as lab:                   # doctest: +SKIP
     ...     lab.import_image("busybox")
@@ -182,7 +184,8 @@ class Lab:
     'hi\\n'
     """
 
-    def __init__(self, root: str | None = None, backend: str | None = None, **backend_options: Any) -> None:
+    def __init__(self, root: str | None = None, backend: str | None = None, *, fork: str = "helper",
+                 **backend_options: Any) -> None:
         self.root = default_root(root)
         if self.root == "/":
             raise errors.InvalidArgument("store root '/'", "would put labkit's store over the whole host",
@@ -194,7 +197,7 @@ class Lab:
                                                     **backend_options)
         try:
             self.store = ImageStore(os.path.join(self.root, "images", self.backend), self.sn)
-            self.runtime = Runtime(os.path.join(self.root, "containers"))
+            self.runtime = Runtime(os.path.join(self.root, "containers"), fork=fork)
         except BaseException:
             self.sn.close()
             raise
@@ -339,6 +342,7 @@ class Lab:
         >>> lab.run("busybox", ["cat", "/etc/hostname"], rm=True).exit_code      # doctest: +SKIP
         0
         """
+        self.runtime.prestart()          # the helper's start-up overlaps the snapshot work below
         image_id = self.store.resolve(image)
         info = self.store.inspect(image_id)
         entry = list(info.entrypoint) if entrypoint is None else list(entrypoint)

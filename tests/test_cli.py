@@ -249,3 +249,17 @@ def test_run_it_is_a_real_terminal(lab_root):
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 7
     os.close(fd)
+
+
+def test_verb_map_matches_the_parser():
+    """`labkit VERB` imports only VERB's module: the map must name every verb the full parser has."""
+    import argparse
+    from labkit.cli import VERB_MODULES, build_parser
+    full = build_parser()
+    sub = next(a for a in full._actions if isinstance(a, argparse._SubParsersAction))
+    builtin = {"backends", "gc", "bench"}
+    assert set(sub.choices) - builtin == set(VERB_MODULES)
+    for verb in VERB_MODULES:
+        one = build_parser(verb)
+        s = next(a for a in one._actions if isinstance(a, argparse._SubParsersAction))
+        assert verb in s.choices

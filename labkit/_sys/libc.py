@@ -7,10 +7,11 @@ True
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
-libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# the C library by its soname: ctypes.util.find_library runs ldconfig in a subprocess (milliseconds in
+# every process, the container spawner's included)
+libc = ctypes.CDLL("libc.so.6", use_errno=True)
 
 
 def check(ret: int, what: str, *paths: str) -> int:

@@ -72,10 +72,20 @@ from dataclasses import dataclass
 
 from labkit import errors
 
-try:
-    import pyseccomp as _sc
-except ImportError:         # the spawner (python -S) never compiles filters; the caller needs pyseccomp
-    _sc = None
+_sc = None   # pyseccomp, loaded on the first compile: importing it runs ldconfig (15-30 ms) and the
+             # filter is usually cached on disk already; the spawner (python -S) never compiles filters
+
+
+def _load() -> bool:
+    """Import pyseccomp once; False when it (or libseccomp2) is missing."""
+    global _sc
+    if _sc is None:
+        try:
+            import pyseccomp
+        except (ImportError, OSError):
+            return False
+        _sc = pyseccomp
+    return True
 
 
 @dataclass(frozen=True)
@@ -219,7 +229,7 @@ def compile_bpf(caps: frozenset[str]) -> bytes:
     """The filter for a container holding ``caps``, as a classic-BPF program (``struct sock_filter``
     array) ready for seccomp(2). Names this libseccomp does not know on an architecture are skipped
     (:func:`skipped` lists them)."""
-    if _sc is None:
+    if not _load():
         raise errors.Unsupported("seccomp filter", "needs pyseccomp (and libseccomp2)",
                                  fix="pip install pyseccomp; apt-get install libseccomp2")
     f = _sc.SyscallFilter(_sc.ERRNO(errno.EPERM))
