@@ -41,13 +41,19 @@ def pre(text: str) -> str:
     return "<pre style='margin:0'>" + html.escape(text) + "</pre>"
 
 
-def table_html(df: pd.DataFrame | Any, *, empty: str = "(nothing)") -> str:
-    """A DataFrame (or Series) as an HTML table for an HTML widget."""
+def table_html(df: pd.DataFrame | Any, *, empty: str = "(nothing)", index: bool = True) -> str:
+    """A DataFrame (or Series) as an HTML table for an HTML widget (``index=False``: without its index)."""
     if isinstance(df, pd.Series):
         df = df.to_frame()
     if df is None or not len(df):
         return f"<i>{html.escape(empty)}</i>"
-    return df.to_html(float_format=lambda x: f"{x:.4g}", border=0)
+    return TABLE_STYLE + df.to_html(float_format=lambda x: f"{x:.4g}", border=0, index=index, classes="lk-table")
+
+
+#: tables in an HTML widget are outside JupyterLab's rendered-HTML styles: give them padding and rules
+TABLE_STYLE = ("<style>table.lk-table{border-collapse:collapse;margin:2px 0}"
+               "table.lk-table th,table.lk-table td{padding:2px 10px;border-bottom:1px solid #ddd;text-align:left}"
+               "table.lk-table td{font-variant-numeric:tabular-nums}</style>")
 
 
 class Panel(w.VBox):

@@ -3,9 +3,10 @@ and a plot and a table that update as each case finishes. The run happens in a t
 stays responsive; ``panel.results`` is the DataFrame so far.
 
 The thread shows its results by setting widget values — ``panel.plot`` (an ``Image`` with the standard
-figure as PNG, drawn with matplotlib's Agg renderer) and ``panel.table`` (an ``HTML`` table of the
-summary) — never by printing into an ``Output`` widget, whose capture does not reach the browser from
-another thread under ipykernel 7 (the panel said "done" and stayed empty).
+figure as PNG, drawn with matplotlib's Agg renderer), ``panel.table`` (an ``HTML`` table in human units,
+:func:`labkit.experiments.findings.table`) and ``panel.finding`` (the result in a sentence) — never by
+printing into an ``Output`` widget, whose capture does not reach the browser from another thread under
+ipykernel 7 (the panel said "done" and stayed empty).
 
 >>> from labkit.widgets import ExperimentPanel
 >>> panel = ExperimentPanel("space-vs-containers", root="/var/tmp/labkit-bench")   # doctest: +SKIP
@@ -14,6 +15,7 @@ another thread under ipykernel 7 (the panel said "done" and stayed empty).
 """
 from __future__ import annotations
 
+import html
 import threading
 import traceback
 from typing import Any
@@ -23,7 +25,7 @@ import pandas as pd
 
 from .. import plots
 from ..config import bench_root
-from ..experiments import framework
+from ..experiments import framework, findings
 from ..experiments.framework import Param
 from ..units import format_size
 from ._panel import Panel, error_html, table_html
@@ -68,8 +70,8 @@ class ExperimentPanel(Panel):
     """A panel for experiment ``name``; display it in a notebook, or drive it from code.
 
     ``root`` is the scratch directory of the runs; ``defaults`` preset the controls. After a run:
-    ``results`` (the DataFrame), ``plot.value`` (PNG bytes), ``table.value`` (HTML), ``error`` (the
-    traceback of a failed run, or None).
+    ``results`` (the DataFrame), ``plot.value`` (PNG bytes), ``table.value`` (HTML), ``finding.value``
+    (the result in a sentence with its numbers), ``error`` (the traceback of a failed run, or None).
     """
 
     def __init__(self, name: str, *, root: str | None = None, repeat: int = 3, **defaults: Any) -> None:
@@ -90,13 +92,15 @@ class ExperimentPanel(Panel):
         self.status = w.HTML()
         self.plot = w.Image(format="png", layout=w.Layout(max_width="100%"))
         self.table = w.HTML()
+        self.finding = w.HTML()
         self.results = pd.DataFrame()
         self.error: str | None = None
         self._thread: threading.Thread | None = None
         self.button.on_click(lambda _b: self.guard(self.run))
         title = w.HTML(f"<b>{self.experiment.name}</b>: {self.experiment.title}")
         super().__init__([title, *self.controls.values(), self.repeat, w.HBox([self.button, self.progress]),
-                          self.status, w.Tab(children=[self.plot, self.table], titles=("plot", "table"))])
+                          self.status, self.finding,
+                          w.Tab(children=[self.plot, self.table], titles=("plot", "table"))])
 
     def params(self) -> dict[str, Any]:
         """The parameters as the controls say now (checked: a bad value raises InvalidArgument)."""
@@ -142,6 +146,7 @@ class ExperimentPanel(Panel):
         self.progress.description = "running"
         self.results = pd.DataFrame()
         self.error = None
+        self.finding.value = ""
         try:
             for case in grid:
                 self.status.value = "running " + ", ".join(f"{k}={_fmt(v)}" for k, v in case.items())
@@ -164,9 +169,11 @@ class ExperimentPanel(Panel):
 
     def _show(self) -> None:
         """Draw the standard figure and the summary table of the results so far (in the run's thread)."""
-        fig = plots.plot(self.results, self.experiment.name)
-        self.plot.value = plots.png(fig)
-        self.table.value = table_html(self.experiment.summarize(self.results))
+        name = self.experiment.name
+        self.plot.value = plots.plot(self.results, name).png()
+        self.table.value = table_html(findings.table(name, self.results), index=False)
+        sentence = findings.sentence_or_none(name, self.results)
+        self.finding.value = f"<i>{html.escape(sentence)}</i>" if sentence else ""
 
 
 def _fmt(v: Any) -> str:

@@ -11,7 +11,7 @@ tag, a Lab that was closed — is written into the panel's status line.
 """
 from __future__ import annotations
 
-import json
+import re
 import shlex
 from typing import Any
 
@@ -20,11 +20,32 @@ import pandas as pd
 
 from .. import errors
 from ..lab import Lab
+from ..plots import human
+from ..units import format_size
 from ._panel import Panel, pre, table_html
 
 __all__ = ["ImageBrowser", "ContainerPanel"]
 
 _LABEL = {"description_width": "70px"}
+
+
+def human_tree(text: str) -> str:
+    """:meth:`Lab.tree`'s text with its byte counts in binary units (``size=1985622`` -> ``size=1.9 MiB``)."""
+    return re.sub(r"\b(size|exclusive)=(\d+)\b", lambda m: f"{m[1]}={format_size(int(m[2]))}", text or "")
+
+
+def image_facts(info: dict[str, Any]) -> pd.DataFrame:
+    """What a reader needs of :meth:`Lab.inspect`: ids cut to 12 characters, sizes in binary units."""
+    def short(v: Any) -> str:
+        return ", ".join(str(x)[:12] for x in v) if isinstance(v, (list, tuple)) else (str(v)[:12] if v else "–")
+    rows = [("id", info.get("short_id") or str(info.get("id", ""))[:12]),
+            ("tags", ", ".join(info.get("tags") or ()) or "<none>"), ("parent", short(info.get("parent"))),
+            ("created by", info.get("created_by") or "–"),
+            ("size", format_size(info["size"]) if info.get("size") is not None else "–"),
+            ("exclusive", format_size(info.get("exclusive") or 0)),
+            ("children", short(info.get("children") or ()) or "–"),
+            ("containers", ", ".join(info.get("containers") or ()) or "–")]
+    return pd.DataFrame(rows, columns=["", "value"])
 
 
 class ImageBrowser(Panel):
@@ -47,8 +68,8 @@ class ImageBrowser(Panel):
         self.refresh()
 
     def refresh(self) -> None:
-        """Redraw the tree and the choices."""
-        self.tree.value = pre(self.lab.tree() or "(no images)")
+        """Redraw the tree (sizes in binary units) and the choices."""
+        self.tree.value = pre(human_tree(self.lab.tree()) or "(no images)")
         df = self.lab.images()
         options = [(f"{getattr(r, 'short_id', r.id[:12])} {', '.join(r.tags) or '<none>'}", r.id)
                    for r in df.itertuples()] if len(df) else []
@@ -67,8 +88,7 @@ class ImageBrowser(Panel):
         if not self.select.value:
             return None
         info = self.lab.inspect(self.select.value)
-        keys = ("short_id", "tags", "parent", "created_by", "size", "exclusive", "children", "containers")
-        self.details.value = pre(json.dumps({k: info[k] for k in keys if k in info}, indent=2, default=str))
+        self.details.value = table_html(image_facts(info), index=False)
         return info
 
     def run(self) -> str:
@@ -88,13 +108,14 @@ class ImageBrowser(Panel):
         """``rmi`` the selected image (refused while something uses it: the status line says what)."""
         removed = self.lab.rmi(self._selected())
         self.refresh()
-        self.details.value = table_html(removed)
+        self.details.value = table_html(human(removed), index=False)
         self.status.value = "removed"
         return removed
 
 
 class ContainerPanel(Panel):
-    """Containers with their resource use; select one for its logs; stop or commit it."""
+    """Containers with their resource use (memory, CPU time, processes: the container's cgroup, in human
+    units); select one for its logs; stop or commit it. :meth:`refresh` returns the raw numbers."""
 
     def __init__(self, lab: Lab) -> None:
         self.lab = lab
@@ -124,16 +145,18 @@ class ContainerPanel(Panel):
                          "memory_bytes": stats.get("memory_bytes"), "cpu_usage_ns": stats.get("cpu_usage_ns"),
                          "pids": stats.get("pids")})
         table = pd.DataFrame(rows, columns=["name", "status", "command", "memory_bytes", "cpu_usage_ns", "pids"])
-        self.table.value = table_html(table, empty="(no containers)")
+        shown = human(table).rename(columns={"memory_bytes": "memory", "cpu_usage_ns": "CPU time"})
+        self.table.value = table_html(shown, empty="(no containers)", index=False)
         keep = self.select.value
         self.select.options = [r["name"] for r in rows]
-        if keep in self.select.options:
-            self.select.value = keep
+        if self.select.options:               # keep the choice; else the first container, ready for Logs
+            self.select.value = keep if keep in self.select.options else self.select.options[0]
         return table
 
     def _selected(self) -> str:
         if not self.select.value:
-            raise errors.FailedPrecondition("container panel", "has no container selected", fix="choose one in the list")
+            raise errors.FailedPrecondition("container panel", "has no container selected",
+                                            fix="choose one in the list")
         return self.select.value
 
     def show_logs(self) -> str:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
@@ -32,8 +33,10 @@ def test_run_button_shows_plot_and_table_from_its_thread(tmp_path):
     assert panel.wait(timeout=60), "the run did not finish"
     assert panel.status.value == "done: 4 rows", (panel.status.value, panel.error)
     assert bytes(panel.plot.value).startswith(PNG) and len(panel.plot.value) > 1000
-    assert panel.table.value.count("<tr") >= 3    # a header and one row per block size
-    assert "65536" in panel.table.value and "131072" in panel.table.value
+    assert panel.table.value.count("<tr") == 3    # a header and one row per block size
+    assert "64 KiB" in panel.table.value and "128 KiB" in panel.table.value   # human units, no index column
+    assert not re.search(r"\d\.\d{4,}|>\s*65536\s*<", panel.table.value)
+    assert "64 KiB blocks" in panel.finding.value and "128 KiB blocks" in panel.finding.value
     assert panel.progress.value == panel.progress.max == 2 and not panel.button.disabled
     assert not list(tmp_path.iterdir())           # every case removed its scratch pool
 
@@ -107,13 +110,14 @@ def test_image_browser_and_container_panel(tmp_path):
         ib.tag_text.value = "bb:v1"
         ib.tag()
         assert "bb:v1" in ib.inspect()["tags"] and "bb:v1" in ib.details.value
+        assert not re.search(r"\d{6,}", ib.tree.value) and "MiB" in ib.details.value   # sizes, not raw bytes
         c = lab.run("busybox", ["sh", "-c", "echo up; sleep 30"], name="svc", detach=True)
         try:
             cp = ContainerPanel(lab)
             table = cp.refresh()
             assert list(table.name) == ["svc"] and table.pids.iloc[0] >= 1
-            assert "svc" in cp.table.value
-            cp.select.value = "svc"
+            assert "svc" in cp.table.value and cp.select.value == "svc"      # selected: Logs works at once
+            assert re.search(r"\d (KiB|MiB)<", cp.table.value) and "memory_bytes" not in cp.table.value
             cp.tag_text.value = "svc:snap"
             cp.commit()
             cp.stop()
