@@ -9,7 +9,7 @@ exactly once — the figure a cell returns is its only output (as PNG, :meth:`La
 
 >>> from labkit.plots import PLOTS, format_seconds
 >>> sorted(PLOTS)[:3]
-['block-size', 'commit-cost', 'cow-penalty']
+['block-size', 'cli-latency', 'commit-cost']
 >>> format_seconds(0.000719), format_seconds(0.0213), format_seconds(4.2)
 ('719 µs', '21.3 ms', '4.2 s')
 """
