@@ -101,7 +101,7 @@ VERB_MODULES: dict[str, str] = {
     **{v: "labkit.cli_lab" for v in ("image", "images", "build", "run", "ps", "df", "logs", "exec", "stop", "rm",
                                      "check", "commit")},
     "info": "labkit.cli_info", "completion": "labkit.cli_info",
-    "thin": "labkit.thin.cli", "container": "labkit.containers.cli",
+    "thin": "labkit.thin.cli", "container": "labkit.containers.cli", "vm": "labkit.vm.cli",
 }
 
 

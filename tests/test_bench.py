@@ -97,7 +97,10 @@ def test_plot_of_a_real_run(tmp_path):
                        size=["256K", "1M"])
     fig = plot(df)
     ax = fig.axes[0]
-    assert ax.get_xscale() == "log" and "seconds" in ax.get_ylabel() and ax.get_lines()
+    assert ax.get_xscale() == "log" and ax.get_ylabel().startswith("prepare + mount") and ax.get_lines()
+    fig.canvas.draw()
+    ticks = [t.get_text() for t in ax.get_yticklabels() if t.get_text()]
+    assert ticks and all(t.endswith(("µs", "ms", " s")) for t in ticks), ticks     # times in units people read
 
 
 @pytest.mark.root
@@ -135,7 +138,8 @@ def test_registry_is_full_from_the_framework_alone():
     out = subprocess.run([sys.executable, "-c", "from labkit.experiments.framework import names; print(','.join(names()))"],
                          capture_output=True, text=True, check=True).stdout.strip().split(",")
     assert out == ["snapshot-time", "space-vs-containers", "cow-penalty", "commit-cost", "block-size",
-                   "pool-exhaustion", "thin-io", "start-latency", "image-sprawl"]
+                   "pool-exhaustion", "thin-io", "start-latency", "image-sprawl", "kernel-diff", "minimal-image",
+                   "cli-latency"]
     import labkit.experiments as pkg
     assert not hasattr(pkg, "save") and not hasattr(pkg, "load")   # framework.save/load are the ones
 

@@ -17,6 +17,7 @@ from . import (  # noqa: F401
     snapshot_time, space_vs_containers, cow_penalty, commit_cost, block_size, pool_exhaustion, thin_io,
     start_latency, image_sprawl,
 )
+from . import kernel_diff  # noqa: F401  (needs a VM: labkit.vm)
 from . import minimal_image  # noqa: F401  (a minimal image vs a whole base OS)
 from . import cli_latency  # noqa: F401  (the whole `labkit run` process vs podman and runc)
 from . import framework

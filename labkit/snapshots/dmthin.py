@@ -7,8 +7,9 @@ driven with ``dmsetup message <pool> 0 "create_thin|create_snap|delete ..."`` as
 Documentation/admin-guide/device-mapper/thin-provisioning.rst describes. It lets a course machine that has
 device-mapper compare labkit's userspace pool with the real thing.
 
-Runs only where ``/dev/mapper/control`` exists. **It is not exercised on labkit's CI host**, which has no
-device-mapper: ``labkit backends`` says so, and the conformance suite skips it with that reason.
+Runs only where ``/dev/mapper/control`` exists. labkit's CI host has no device-mapper, so ``labkit backends``
+says so there and the host's conformance run skips it with that reason; ``tests/vm`` runs the whole suite
+against it inside a VM with Debian's kernel (see docs/vm.md).
 
 Names: the pool is ``labkit-<hash>-pool``, thin devices ``labkit-<hash>-<id>``, loop devices carry
 ``labkit-dmthin-<hash>``; ``labkit gc`` removes them (see :func:`_dm_leftovers`).
@@ -194,11 +195,33 @@ class DmThinSnapshotter(BaseSnapshotter):
                                  capture_output=True, text=True, check=True).stdout
         finally:
             self._message("release_metadata_snap")
+        size = 0
         for line in out.splitlines():
             parts = line.split()
             if parts and int(parts[0]) == row.state["dev"]:
-                return Usage(parse_size(parts[1]), 0)
-        return Usage(0, 0)
+                size = parse_size(parts[1])
+        parent, parent_size = (chain[0].state["dev"], chain[0].state["size"]) if chain else (BASE_DEV, self.base_size)
+        inodes = max(0, self._used_inodes(row.state["dev"], row.state["size"]) - self._used_inodes(parent, parent_size))
+        return Usage(size, inodes)
+
+    def _used_inodes(self, dev_id: int, size: int) -> int:
+        """Inodes in use on the device's ext4: from statfs when it is mounted, else from its superblock (the
+        device is activated read-only for the read when it is not active, and deactivated again)."""
+        path = f"/dev/mapper/{self.dev_name(dev_id)}"
+        for m in sysmount.mountinfo():
+            if m.source == path:
+                st = os.statvfs(m.target)
+                return st.f_files - st.f_ffree
+        was_active = self._active(self.dev_name(dev_id))
+        dev = self._activate(dev_id, size, readonly=True)
+        try:
+            with open(dev, "rb") as f:
+                sb = f.read(2048)[1024:]
+        finally:
+            if not was_active:
+                self._deactivate(dev_id)
+        total, free = int.from_bytes(sb[0:4], "little"), int.from_bytes(sb[16:20], "little")
+        return total - free
 
 
     # -- abilities (labkit.snapshots.capabilities) -------------------------------------------------------

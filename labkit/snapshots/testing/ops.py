@@ -180,25 +180,28 @@ def set_mtime(path: str, mtime: int) -> Op:
                lambda root: os.utime(_p(root, path), (mtime, mtime), follow_symlinks=False))
 
 
-def mkfifo(path: str, mode: int = 0o644) -> Op:
-    """A named pipe."""
+def mkfifo(path: str, mode: int = 0o644, *, mtime: int = MTIME) -> Op:
+    """A named pipe (with its mtime set, so that flat and snapshot agree however slow the machine)."""
     def op(root: pathlib.Path) -> None:
         os.mkfifo(_p(root, path))
         os.chmod(_p(root, path), mode)
+        os.utime(_p(root, path), (mtime, mtime))
     return _op(f"mkfifo({path!r}, {mode:#o})", op)
 
 
-def mknod(path: str, kind: str, major: int, minor: int, mode: int = 0o600) -> Op:
-    """A character (``kind="c"``) or block (``"b"``) device node (needs CAP_MKNOD)."""
+def mknod(path: str, kind: str, major: int, minor: int, mode: int = 0o600, *, mtime: int = MTIME) -> Op:
+    """A character (``kind="c"``) or block (``"b"``) device node (needs CAP_MKNOD), with its mtime set."""
     def op(root: pathlib.Path) -> None:
         fmt = stat.S_IFCHR if kind == "c" else stat.S_IFBLK
         os.mknod(_p(root, path), fmt | mode, os.makedev(major, minor))
         os.chmod(_p(root, path), mode)
+        os.utime(_p(root, path), (mtime, mtime))
     return _op(f"mknod({path!r}, {kind}, {major}, {minor})", op)
 
 
-def mksock(path: str, mode: int = 0o755) -> Op:
-    """A unix socket node (bound through /proc/self/fd so that long paths work), left behind when closed."""
+def mksock(path: str, mode: int = 0o755, *, mtime: int = MTIME) -> Op:
+    """A unix socket node (bound through /proc/self/fd so that long paths work), left behind when closed,
+    with its mtime set."""
     def op(root: pathlib.Path) -> None:
         p = _p(root, path)
         dfd = os.open(p.parent, os.O_RDONLY | os.O_DIRECTORY)
@@ -208,4 +211,5 @@ def mksock(path: str, mode: int = 0o755) -> Op:
         finally:
             os.close(dfd)
         os.chmod(p, mode)
+        os.utime(p, (mtime, mtime))
     return _op(f"mksock({path!r})", op)
