@@ -20,10 +20,9 @@ import pytest
 
 from labkit import errors
 from labkit._sys import mounts as sysmounts
-from labkit.images import ImageStore, tarsafe
+from labkit.images import tarsafe
 from labkit.images.safeio import atomic_output, confined
 from labkit.images.tarsafe import extract, space_limits
-from labkit.snapshots import open_snapshotter
 
 EXPECTED = "expected a tar archive"
 
@@ -45,14 +44,8 @@ def _f(name: str, data: bytes = b"data", pax: dict | None = None):
 
 
 @pytest.fixture
-def store(tmp_path):
-    sn = open_snapshotter("copy", tmp_path / "sn")
-    st = ImageStore(tmp_path / "images", sn)
-    try:
-        yield st
-    finally:
-        st.close()
-        sn.close()
+def store(copy_store):
+    return copy_store
 
 
 # ---- malformed archives --------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ import pytest
 from labkit import errors
 from labkit.images import ImageStore
 from labkit.images.interop import _host_platform, detect, detect_names
-from labkit.snapshots import open_snapshotter
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(os.geteuid() != 0, reason="needs root: mounts")]
 
@@ -148,14 +147,8 @@ def _write_tar(path, files: dict[str, bytes]):
 
 
 @pytest.fixture
-def store(tmp_path):
-    sn = open_snapshotter("copy", tmp_path / "sn")
-    st = ImageStore(tmp_path / "images", sn)
-    try:
-        yield st
-    finally:
-        st.close()
-        sn.close()
+def store(copy_store):
+    return copy_store
 
 
 def _look(store: ImageStore, ref: str) -> None:
