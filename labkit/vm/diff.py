@@ -36,7 +36,7 @@ from ..thin.records import Status
 from ..thin.xml import XmlDevice, XmlDeviceEnd, XmlMapping, XmlSuperblock, read_xml
 from .batch import Batch, run_jobs
 from .kernelpool import hash_block
-from .ops import Op, generate, payload, plan_for
+from .ops import Op, apply, generate, plan_for
 from .runner import VM
 
 __all__ = ["model_replay", "kernel_view", "compare", "kernel_diff", "KernelDiff", "EXPLAINED", "QUANTITIES"]
@@ -89,21 +89,7 @@ def model_replay(seed: int, n_ops: int = 0, *, block_size: int = 64 << 10, ops: 
             sizes: dict[int, int] = {}
             for i, op in enumerate(ops if ops is not None else generate(seed, n_ops)):
                 try:
-                    if op.kind == "create_thin":
-                        pool.create_thin(op.dev, op.size)
-                        sizes[op.dev] = op.size
-                    elif op.kind == "create_snap":
-                        pool.create_snap(op.dev, op.origin)
-                        sizes[op.dev] = sizes[op.origin]
-                    elif op.kind == "write":
-                        pool.device(op.dev).write(op.offset, payload(seed, i, op.length))
-                    elif op.kind == "discard":
-                        pool.device(op.dev).discard(op.offset, op.length)
-                    elif op.kind == "delete":
-                        pool.delete(op.dev)
-                        sizes.pop(op.dev)
-                    else:
-                        pool.commit()
+                    apply(pool, op, i, seed, sizes)
                 except OSError as e:
                     errors[i] = f"{type(e).__name__}: errno {e.errno}"
                 if op.kind == "commit":

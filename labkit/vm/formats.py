@@ -22,7 +22,7 @@ from typing import Any
 from ..thin import Pool
 from .batch import Batch
 from .diff import model_view
-from .ops import generate, payload, plan_for
+from .ops import apply, generate, plan_for
 
 __all__ = ["prepare", "prepare_labkit_pool", "check_restored", "check_dumped", "FormatReport"]
 
@@ -43,21 +43,7 @@ def prepare_labkit_pool(directory: str, seed: int, n_ops: int, *, block_size: in
     with Pool.create(os.path.join(directory, "pool"), data_size=plan.data_size, block_size=block_size,
                      commit_interval=None) as pool:
         for i, op in enumerate(generate(seed, n_ops)):
-            if op.kind == "create_thin":
-                pool.create_thin(op.dev, op.size)
-                sizes[op.dev] = op.size
-            elif op.kind == "create_snap":
-                pool.create_snap(op.dev, op.origin)
-                sizes[op.dev] = sizes[op.origin]
-            elif op.kind == "write":
-                pool.device(op.dev).write(op.offset, payload(seed, i, op.length))
-            elif op.kind == "discard":
-                pool.device(op.dev).discard(op.offset, op.length)
-            elif op.kind == "delete":
-                pool.delete(op.dev)
-                del sizes[op.dev]
-            else:
-                pool.commit()
+            apply(pool, op, i, seed, sizes)
         view = model_view(pool, -1)
         with open(os.path.join(directory, "labkit.xml"), "w") as f:
             pool.dump_xml(f)

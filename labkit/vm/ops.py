@@ -84,6 +84,26 @@ def payload(seed: int, index: int, length: int) -> bytes:
     return random.Random(f"labkit-kernel-diff:{seed}:{index}").randbytes(length)
 
 
+def apply(pool: Any, op: Op, index: int, seed: int, sizes: dict[int, int]) -> None:
+    """Apply ``op`` (the ``index``-th of sequence ``seed``) to a :class:`labkit.thin.Pool`, keeping
+    ``sizes`` (device id -> virtual size) up to date; any other kind is a commit."""
+    if op.kind == "create_thin":
+        pool.create_thin(op.dev, op.size)
+        sizes[op.dev] = op.size
+    elif op.kind == "create_snap":
+        pool.create_snap(op.dev, op.origin)
+        sizes[op.dev] = sizes[op.origin]
+    elif op.kind == "write":
+        pool.device(op.dev).write(op.offset, payload(seed, index, op.length))
+    elif op.kind == "discard":
+        pool.device(op.dev).discard(op.offset, op.length)
+    elif op.kind == "delete":
+        pool.delete(op.dev)
+        sizes.pop(op.dev)
+    else:
+        pool.commit()
+
+
 def generate(seed: int, n_ops: int) -> list[Op]:
     """``n_ops`` operations (at least 2), the last a commit. Device ids are never reused."""
     if n_ops < 2:
