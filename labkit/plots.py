@@ -18,7 +18,8 @@ from __future__ import annotations
 import io
 import math
 import time
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -33,7 +34,7 @@ __all__ = ["LabFigure", "PLOTS", "plot", "png", "format_seconds", "human", "size
 #: one colour per backend / runtime / target, the same in every figure
 COLORS = {"copy": "#d62728", "overlay": "#2ca02c", "btrfs": "#1f77b4", "reflink": "#9467bd", "thin": "#ff7f0e",
           "dmthin": "#8c564b", "labkit": "#ff7f0e", "runc": "#1f77b4", "crun": "#2ca02c", "loop": "#7f7f7f",
-          "chain": "#d62728", "once": "#2ca02c"}
+          "chain": "#d62728", "once": "#2ca02c", "hand": "#d62728", "recipe": "#2ca02c"}
 _FALLBACK = ["#17becf", "#bcbd22", "#e377c2", "#8c564b", "#7f7f7f"]
 
 
@@ -59,7 +60,9 @@ class LabFigure(Figure):
 
     def alt(self) -> str:
         """A text alternative for the image: the figure's title (or its axes' titles)."""
-        title = self._suptitle.get_text() if self._suptitle is not None else ""
+        # Figure.get_suptitle() would need matplotlib 3.8; the dependency allows 3.7
+        suptitle = self._suptitle  # type: ignore[attr-defined]
+        title = suptitle.get_text() if suptitle is not None else ""
         return title or "; ".join(t for t in (ax.get_title() for ax in self.axes) if t) or "figure"
 
     def _repr_png_(self) -> tuple[bytes, dict[str, str]]:  # Jupyter: the one representation, with alt text
@@ -101,7 +104,7 @@ def _sig(v: float, digits: int = 3) -> str:
     """``v`` with ``digits`` significant digits and no exponent: 21.3, 719, 4.2, 1500."""
     if v == 0:
         return "0"
-    decimals = max(0, digits - 1 - int(math.floor(math.log10(abs(v)))))
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(v))))
     text = f"{v:.{decimals}f}"
     return text.rstrip("0").rstrip(".") if "." in text else text
 
@@ -117,6 +120,7 @@ class BinaryLocator(Locator):
         self.n = n
 
     def __call__(self) -> list[float]:
+        assert self.axis is not None, "matplotlib calls a locator once it is set on an axis"
         lo, hi = self.axis.get_view_interval()
         return self.tick_values(lo, hi)
 
@@ -209,7 +213,7 @@ def _lines(ax: Any, s: pd.DataFrame, x: str, series: str) -> None:
     ax.grid(True, alpha=0.3)
 
 
-def snapshot_time(df: pd.DataFrame) -> Figure:
+def snapshot_time(df: pd.DataFrame) -> LabFigure:
     """prepare + mount time against image size, per backend (log–log, ticks at the measured sizes)."""
     d = df[df.phase.isin(["prepare", "mount"])].groupby(["backend", "parent_bytes", "repeat", "warmup"]).seconds.sum()
     s = _spread(d.reset_index(), ["backend", "parent_bytes"], "seconds")
@@ -223,7 +227,7 @@ def snapshot_time(df: pd.DataFrame) -> Figure:
     return fig
 
 
-def space_vs_containers(df: pd.DataFrame) -> Figure:
+def space_vs_containers(df: pd.DataFrame) -> LabFigure:
     """Store bytes added against the number of containers, per backend."""
     s = _spread(df, ["backend", "containers"], "bytes_added")
     fig, ax = _subplots(figsize=(7.2, 4.2))
@@ -237,7 +241,7 @@ def space_vs_containers(df: pd.DataFrame) -> Figure:
     return fig
 
 
-def cow_penalty(df: pd.DataFrame) -> Figure:
+def cow_penalty(df: pd.DataFrame) -> LabFigure:
     """First write into inherited data vs rewrite, by write size, per backend."""
     fig, axes = _subplots(1, 2, figsize=(10.4, 4.0), sharey=True)
     for ax, phase, title in zip(axes, ("first_write", "rewrite"),
@@ -255,7 +259,7 @@ def cow_penalty(df: pd.DataFrame) -> Figure:
     return fig
 
 
-def commit_cost(df: pd.DataFrame) -> Figure:
+def commit_cost(df: pd.DataFrame) -> LabFigure:
     """Commit time (left) and the bytes the new image adds (right) against the amount changed."""
     fig, axes = _subplots(1, 2, figsize=(10.4, 4.0))
     left, right = axes
@@ -282,7 +286,7 @@ def _bar_labels(ax: Any, bars: Any, fmt: Callable[[float], str]) -> None:
     ax.margins(y=0.15)
 
 
-def block_size(df: pd.DataFrame) -> Figure:
+def block_size(df: pd.DataFrame) -> LabFigure:
     """Thin block size against CoW cost, snapshot space and metadata (values written on the bars)."""
     d = df[~df.warmup].groupby("block_bytes")[["seconds_per_write", "bytes_exclusive", "metadata_blocks"]].median()
     fig, axes = _subplots(1, 3, figsize=(11.5, 3.8))
@@ -307,7 +311,7 @@ def block_size(df: pd.DataFrame) -> Figure:
     return fig
 
 
-def pool_exhaustion(df: pd.DataFrame) -> Figure:
+def pool_exhaustion(df: pd.DataFrame) -> LabFigure:
     """What the containers of each repetition wrote before the pool was full, stacked, against the pool."""
     d = df[~df.warmup] if (~df.warmup).any() else df
     fig, ax = _subplots(figsize=(7.2, 4.0))
@@ -330,7 +334,7 @@ def pool_exhaustion(df: pd.DataFrame) -> Figure:
     return fig
 
 
-def thin_io(df: pd.DataFrame) -> Figure:
+def thin_io(df: pd.DataFrame) -> LabFigure:
     """MiB/s per operation, thin device vs plain loop file (values on the bars)."""
     d = df[~df.warmup].groupby(["op", "target"]).mib_per_s.median().unstack("target")
     ops = [o for o in ("seq_write", "seq_read", "rand_write_4k") if o in d.index] + \
@@ -350,7 +354,7 @@ def thin_io(df: pd.DataFrame) -> Figure:
     return fig
 
 
-def start_latency(df: pd.DataFrame) -> Figure:
+def start_latency(df: pd.DataFrame) -> LabFigure:
     """Distribution of container start-to-exit per runtime."""
     d = df[~df.warmup] if "warmup" in df else df
     d = d[d.seconds.notna()]
@@ -365,7 +369,7 @@ def start_latency(df: pd.DataFrame) -> Figure:
     return fig
 
 
-def image_sprawl(df: pd.DataFrame) -> Figure:
+def image_sprawl(df: pd.DataFrame) -> LabFigure:
     """Bytes a chain of ad-hoc commits takes vs one commit, and what prune reclaimed, per backend."""
     d = df[~df.warmup].groupby(["backend", "approach"])[["bytes_total", "bytes_freed"]].median()
     fig, axes = _subplots(1, 2, figsize=(10.4, 3.9))
@@ -390,7 +394,7 @@ def image_sprawl(df: pd.DataFrame) -> Figure:
     return fig
 
 
-def cli_latency(df: pd.DataFrame) -> Figure:
+def cli_latency(df: pd.DataFrame) -> LabFigure:
     """Distribution of a whole command's start to exit per peer (``labkit run`` vs podman, runc)."""
     d = df[~df.warmup] if "warmup" in df else df
     d = d[d.seconds.notna()]
@@ -405,7 +409,7 @@ def cli_latency(df: pd.DataFrame) -> Figure:
     return fig
 
 
-def kernel_diff(df: pd.DataFrame) -> Figure:
+def kernel_diff(df: pd.DataFrame) -> LabFigure:
     """Per quantity compared with the kernel's dm-thin: matches, explained differences, unexplained ones."""
     match = df.match.astype(bool)
     explained = df.explained.fillna("").astype(str) != "" if "explained" in df else pd.Series(False, index=df.index)
@@ -413,7 +417,8 @@ def kernel_diff(df: pd.DataFrame) -> Figure:
                            "unexplained difference": ~match & ~explained}).groupby(df.quantity).sum()
     fig, ax = _subplots(figsize=(7.2, 0.9 + 0.35 * max(3, len(counts))))
     left = np.zeros(len(counts))
-    for col, color in (("equal", "#2ca02c"), ("explained difference", "#ff7f0e"), ("unexplained difference", "#d62728")):
+    for col, color in (("equal", "#2ca02c"), ("explained difference", "#ff7f0e"),
+                       ("unexplained difference", "#d62728")):
         ax.barh(counts.index, counts[col], left=left, label=col, color=color)
         left += counts[col].to_numpy()
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -423,7 +428,7 @@ def kernel_diff(df: pd.DataFrame) -> Figure:
     return fig
 
 
-def minimal_image(df: pd.DataFrame) -> Figure:
+def minimal_image(df: pd.DataFrame) -> LabFigure:
     """One application three ways: the image's size (left) and the time a run takes (right), per way."""
     d = df[~df.warmup] if "warmup" in df else df
     by = [c for c in ("app", "way") if c in d]
@@ -453,11 +458,47 @@ def minimal_image(df: pd.DataFrame) -> Figure:
     return fig
 
 
-PLOTS: dict[str, Callable[[pd.DataFrame], Figure]] = {
+def recipe_vs_hand(df: pd.DataFrame) -> LabFigure:
+    """One application by hand and by a recipe, a row of panels per change (and backend): the phase's time,
+    the steps that ran, the images in the result's lineage and the space the store gained."""
+    phases = ("first build", "after change", "after prune")
+    panels = (("seconds", "time of the phase", format_seconds, phases[:2]),
+              ("steps_run", "steps that ran", "{:.0f}".format, phases[:2]),
+              ("chain_depth", "images in the lineage", "{:.0f}".format, phases),
+              ("bytes_added", "space the store gained", format_size, phases))
+    d = df[~df.warmup] if "warmup" in df else df
+    keys = [k for k in ("backend", "change") if k in d]
+    m = d.groupby(keys + ["method", "phase"])[[p[0] for p in panels]].median()
+    rows = list(dict.fromkeys(d[keys].itertuples(index=False, name=None)))
+    fig, axes = _subplots(len(rows), len(panels), figsize=(13.5, 1.0 + 3.0 * len(rows)), squeeze=False)
+    for row_axes, key in zip(axes, rows):
+        for ax, (col, title, fmt, shown) in zip(row_axes, panels):
+            x = np.arange(len(shown))
+            for i, method in enumerate(("hand", "recipe")):
+                vals = [float(m[col].get((*key, method, ph), np.nan)) for ph in shown]
+                bars = ax.bar(x + (i - 0.5) * 0.4, vals, 0.4, label=method, color=_color(method))
+                ax.bar_label(bars, labels=[fmt(v) for v in vals], padding=2, fontsize=7)
+            ax.set_xticks(x, [ph.replace(" ", "\n", 1) for ph in shown])
+            ax.margins(y=0.2)
+            if col == "seconds":
+                time_axis(ax.yaxis, log=False)
+            elif col == "bytes_added":
+                bytes_axis(ax.yaxis)
+            else:
+                ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_title(f"{title}\n{', '.join(map(str, key))}", fontsize="medium")
+            ax.grid(True, axis="y", alpha=0.3)
+    fig.suptitle("One application by hand and by a recipe")
+    _legend(fig, axes.ravel(), "method")
+    return fig
+
+
+PLOTS: dict[str, Callable[[pd.DataFrame], LabFigure]] = {
     "snapshot-time": snapshot_time, "space-vs-containers": space_vs_containers, "cow-penalty": cow_penalty,
     "commit-cost": commit_cost, "block-size": block_size, "pool-exhaustion": pool_exhaustion,
     "thin-io": thin_io, "start-latency": start_latency, "image-sprawl": image_sprawl,
     "cli-latency": cli_latency, "kernel-diff": kernel_diff, "minimal-image": minimal_image,
+    "recipe-vs-hand": recipe_vs_hand,
 }
 
 
@@ -481,7 +522,7 @@ def _number(v: Any) -> bool:
 def _size_or_dash(v: Any) -> Any:
     if _number(v):
         return format_size(v)
-    return "–" if v is None or isinstance(v, float) and pd.isna(v) else v
+    return "–" if v is None or (isinstance(v, float) and pd.isna(v)) else v
 
 
 def _when(v: Any) -> Any:
@@ -508,7 +549,7 @@ def human(df: pd.DataFrame, *, columns: Iterable[str] | None = None) -> pd.DataF
     for col in out.columns:
         name = str(col).lower()
         s = out[col]
-        if name == "id" or name.endswith("_id") and name != "short_id":
+        if name == "id" or (name.endswith("_id") and name != "short_id"):
             out[col] = s.map(lambda v: v[:12] if isinstance(v, str) else v)
         elif name == "created" or pd.api.types.is_datetime64_any_dtype(s):
             out[col] = s.map(_when)

@@ -124,6 +124,7 @@ def test_image_sprawl_chain_keeps_every_version(tmp_path):
 
 def test_start_latency_plot_from_rows():
     import pandas as pd
+
     from labkit.plots import plot
     df = pd.DataFrame({"runtime": ["labkit", "runc"] * 3, "seconds": [0.02, 0.04] * 3, "warmup": [False] * 6})
     fig = plot(df, "start-latency")
@@ -135,11 +136,12 @@ def test_registry_is_full_from_the_framework_alone():
     is enough for get/names, in a fresh interpreter."""
     import subprocess
     import sys
-    out = subprocess.run([sys.executable, "-c", "from labkit.experiments.framework import names; print(','.join(names()))"],
+    code = "from labkit.experiments.framework import names; print(','.join(names()))"
+    out = subprocess.run([sys.executable, "-c", code],
                          capture_output=True, text=True, check=True).stdout.strip().split(",")
     assert out == ["snapshot-time", "space-vs-containers", "cow-penalty", "commit-cost", "block-size",
                    "pool-exhaustion", "thin-io", "start-latency", "image-sprawl", "kernel-diff", "minimal-image",
-                   "cli-latency"]
+                   "cli-latency", "recipe-vs-hand"]
     import labkit.experiments as pkg
     assert not hasattr(pkg, "save") and not hasattr(pkg, "load")   # framework.save/load are the ones
 

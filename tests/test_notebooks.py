@@ -39,6 +39,7 @@ SMALL = {
     "07-image-sprawl.ipynb": {"steps": 3},
     "08-model-and-kernel.ipynb": {"containers": 2, "image": "4M", "write": "1M", "ops": 30, "seeds": 1},
     "09-minimal-image.ipynb": {"apps": ["hello"], "repeat": 1},
+    "10-recipes.ipynb": {"repeat": 1},
     "report.ipynb": {"quick": True},
 }
 #: per edition, on top of SMALL: level 08 boots the kernel's VM once, in the English run (tests/vm covers

@@ -20,6 +20,7 @@ from . import (  # noqa: F401
 from . import kernel_diff  # noqa: F401  (needs a VM: labkit.vm)
 from . import minimal_image  # noqa: F401  (a minimal image vs a whole base OS)
 from . import cli_latency  # noqa: F401  (the whole `labkit run` process vs podman and runc)
+from . import recipe_vs_hand  # noqa: F401  (the same application by hand and by a recipe)
 from . import framework
 from .host import cpu_model, environment
 

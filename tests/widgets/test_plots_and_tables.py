@@ -114,9 +114,20 @@ def minimal() -> pd.DataFrame:
     return _rows(rows, "minimal-image")
 
 
+def recipe() -> pd.DataFrame:
+    shape = {"first build": (0.2, 5, 6, 2, 7, MiB), "after change": (0.06, 1, 3, 3, 7, 2 * MiB),
+             "after prune": (0.003, 0, 0, 3, 7, MiB)}
+    rows = [{"backend": "overlay", "change": c, "method": m, "phase": ph, "repeat": r,
+             "seconds": v[0] * (2 if m == "recipe" else 1), "steps_run": v[1] if m == "hand" else v[2],
+             "chain_depth": v[3] if m == "hand" else v[4], "bytes_added": v[5] + (64 << 10) * (m == "recipe")}
+            for c, m, (ph, v), r in itertools.product(["app", "dependency"], ["hand", "recipe"], shape.items(), range(2))]
+    return _rows(rows, "recipe-vs-hand")
+
+
 FRAMES = {"snapshot-time": snapshot_time, "space-vs-containers": space, "cow-penalty": cow, "commit-cost": commit,
           "block-size": block, "pool-exhaustion": pool, "thin-io": thin_io, "start-latency": start,
-          "image-sprawl": sprawl, "cli-latency": cli, "kernel-diff": kernel, "minimal-image": minimal}
+          "image-sprawl": sprawl, "cli-latency": cli, "kernel-diff": kernel, "minimal-image": minimal,
+          "recipe-vs-hand": recipe}
 REPORTED = ("snapshot-time", "space-vs-containers", "cow-penalty", "commit-cost", "block-size", "pool-exhaustion",
             "thin-io", "start-latency", "image-sprawl")
 
