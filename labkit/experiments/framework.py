@@ -5,8 +5,11 @@ function** that measures one point of the parameter grid: it does its set-up onc
 repetitions (repetition 0 is the warm-up) and returns rows — one per observation, units in column names.
 :func:`run` expands the grid (a parameter declared ``sweep=True`` may be given a list), sends each case to
 an executor (``None``: in this process, with a per-trial progress bar; any ``concurrent.futures.Executor``,
-a Dask ``Client.get_executor()`` included, runs cases in parallel), adds the parameters, the warm-up flag
-and the host as columns, and returns one DataFrame.
+a Dask ``Client.get_executor()`` included, runs cases in parallel, on other machines too — see
+:mod:`~labkit.experiments.executors`), adds the parameters, the warm-up flag and the host of the worker that
+ran the case as columns (:data:`~labkit.experiments.host.HOST_COLUMNS`), and returns one DataFrame in the
+grid's order. A case that raises loses only its own rows: it is listed in ``df.attrs["failed"]`` (case ->
+one-line error) and the others are kept; when every case fails, the first case's error is raised.
 
 The registry is filled by the experiment modules themselves (one module per experiment, each importing
 this one); ``labkit.experiments`` imports them all, so :func:`get` and :func:`names` know every built-in
@@ -27,17 +30,21 @@ from __future__ import annotations
 import concurrent.futures as cf
 import itertools
 import json
+import logging
 import os
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import pandas as pd
 
 from .. import errors
 from ..config import bench_root
 from ..units import parse_size
-from .host import environment
+from .host import HOST_COLUMNS, environment, worker_dir
+
+log = logging.getLogger(__name__)
 
 TYPES = ("int", "float", "str", "bool", "size", "choice")
 
@@ -74,7 +81,7 @@ class Param:
         if self.choices is not None and v not in self.choices:
             raise errors.InvalidArgument(f"{what}={value!r}", "is not allowed",
                                          fix=f"choose from {', '.join(map(str, self.choices))}")
-        if self.min is not None and v < self.min or self.max is not None and v > self.max:
+        if (self.min is not None and v < self.min) or (self.max is not None and v > self.max):
             raise errors.InvalidArgument(f"{what}={value!r}", f"is outside {self.min}..{self.max}")
         return v
 
@@ -121,7 +128,8 @@ class Experiment:
         lines = [f"{self.name}: {self.title}"]
         for p in self.params:
             extra = f" choices={','.join(map(str, p.choices))}" if p.choices else ""
-            rng = f" range={'' if p.min is None else p.min}..{'' if p.max is None else p.max}" if p.min is not None or p.max is not None else ""
+            bounded = p.min is not None or p.max is not None
+            rng = f" range={'' if p.min is None else p.min}..{'' if p.max is None else p.max}" if bounded else ""
             lines.append(f"  {p.name} ({p.type}{', list' if p.sweep else ''}) default={p.default}{extra}{rng}"
                          f"{': ' + p.help if p.help else ''}")
         return "\n".join(lines)
@@ -164,7 +172,8 @@ def cases(exp: Experiment, params: dict[str, Any]) -> list[dict[str, Any]]:
     for p in exp.params:
         value = params.get(p.name, p.default)
         if p.name in exp.whole_list:  # the case takes the whole list (e.g. runtimes compared in one run)
-            value = value.split(",") if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else [value]
+            value = (value.split(",") if isinstance(value, str) else
+                     list(value) if isinstance(value, (list, tuple)) else [value])
             axes.append([(p.name, [p.convert(v) for v in value])])
             continue
         if isinstance(value, str) and p.sweep and "," in value:
@@ -176,18 +185,36 @@ def cases(exp: Experiment, params: dict[str, Any]) -> list[dict[str, Any]]:
     return [dict(combo) for combo in itertools.product(*axes)]
 
 
-def _run_case(name: str, case: dict[str, Any], repeat: int, root: str) -> list[dict[str, Any]]:
-    """Module-level so process pools and Dask can pickle it."""
-    exp = get(name)
-    os.makedirs(root, exist_ok=True)
-    return list(exp.case(case, repeat, Context(root)))
+def _run_case(fn: CaseFn, case: dict[str, Any], repeat: int, root: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One case on a worker: its rows and the worker's :func:`environment`. The scratch root is the worker's
+    own directory under ``root`` (removed after its last case if that left it empty). Module-level so process
+    pools and Dask can pickle it; it takes the case function itself (pickled by reference), so a worker needs
+    the experiment's module importable, not registered."""
+    with worker_dir(root) as scratch:
+        return list(fn(case, repeat, Context(scratch))), environment(scratch)
+
+
+def _label(case: dict[str, Any]) -> str:
+    """A case as people read it: ``backend=copy, size=1048576``."""
+    return ", ".join(f"{k}={v}" for k, v in case.items())
+
+
+def _one_line(e: BaseException) -> str:
+    """An error as one line (labkit's errors already are one, naming the fix)."""
+    if isinstance(e, errors.LabkitError):
+        return str(e)
+    first = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
 def run(name: str, *, repeat: int = 3, executor: cf.Executor | None = None, progress: bool = True,
         root: str | None = None, **params: Any) -> pd.DataFrame:
     """Run experiment ``name`` over its parameter grid; returns the tidy DataFrame.
 
-    ``root`` is a scratch directory (default ``$LABKIT_ROOT/bench`` or ``/var/lib/labkit/bench``).
+    ``root`` is a scratch directory (default ``$LABKIT_ROOT/bench`` or ``/var/lib/labkit/bench``); on an
+    executor each worker works in its own ``<hostname>-<pid>`` directory under it, on its own machine.
+    ``df.attrs``: ``environment`` (this process's host), ``workers`` (worker -> its host), ``failed`` (case
+    -> one-line error), ``skipped``, ``experiment``, ``params``.
     """
     exp = get(name)
     if repeat < 1:
@@ -195,42 +222,68 @@ def run(name: str, *, repeat: int = 3, executor: cf.Executor | None = None, prog
     root = bench_root(root)
     grid = cases(exp, params)
     env = environment(root)
-    host = {k: env[k] for k in ("kernel", "labkit_version", "cpu_model")}
     from tqdm.auto import tqdm
     total = sum(exp.trials_per_case(c) for c in grid) * (repeat + 1)
     bar = tqdm(total=total, disable=not progress, unit="trial", desc=name, leave=False)
-    results: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
+    done: dict[int, tuple[list[dict[str, Any]], dict[str, Any]]] = {}   # grid index -> rows, worker's host
+    failures: dict[int, BaseException] = {}
+
+    def tick(n: int = 1) -> None:
+        bar.update(n)
+
     try:
         if executor is None:
-            for c in grid:
-                bar.set_postfix_str(", ".join(f"{k}={v}" for k, v in c.items())[:60])
-                ctx = Context(root, tick=lambda n=1: bar.update(n))
+            for i, c in enumerate(grid):
+                bar.set_postfix_str(_label(c)[:60])
+                ctx = Context(root, tick=tick)
                 os.makedirs(root, exist_ok=True)
-                results.append((c, list(exp.case(c, repeat, ctx))))
+                try:
+                    done[i] = (list(exp.case(c, repeat, ctx)), env)
+                except Exception as e:  # reported in df.attrs["failed"]; the other cases go on
+                    log.debug("case %s of %s failed", _label(c), name, exc_info=True)
+                    failures[i] = e
         else:
-            futures = {executor.submit(_run_case, name, c, repeat, root): c for c in grid}
-            for fut in cf.as_completed(futures):
-                results.append((futures[fut], fut.result()))
-                bar.update(exp.trials_per_case(futures[fut]) * (repeat + 1))
+            futures = {executor.submit(_run_case, exp.case, c, repeat, root): i for i, c in enumerate(grid)}
+            try:
+                for fut in cf.as_completed(futures):
+                    i = futures[fut]
+                    try:
+                        done[i] = fut.result()
+                    except Exception as e:  # raised on the worker (or the worker was lost)
+                        log.debug("case %s of %s failed", _label(grid[i]), name, exc_info=True)
+                        failures[i] = e
+                    bar.update(exp.trials_per_case(grid[i]) * (repeat + 1))
+            except BaseException:   # interrupted: run no more of them
+                for fut in futures:
+                    fut.cancel()
+                raise
     finally:
         bar.close()
+    if failures and not done:
+        raise failures[min(failures)]
     rows = []
     skipped: dict[str, str] = {}
-    for c, case_rows in results:
+    workers: dict[str, dict[str, Any]] = {}
+    for i in sorted(done):
+        case_rows, host_env = done[i]
+        workers[host_env["worker"]] = host_env
+        host = {k: host_env[k] for k in HOST_COLUMNS if k != "store_fs"}
         for r in case_rows:
-            row = {**c, **r}
+            row = {**grid[i], **r}
             row.setdefault("repeat", 0)
             if row["repeat"] < 0:  # a row that records a skip (e.g. a runtime not installed)
                 skipped[str(row.get("runtime", row.get("backend", "?")))] = str(row.get("skipped", ""))
                 continue
             row["warmup"] = row["repeat"] == 0
             row.update(host)
-            row.setdefault("store_fs", env["store_fs"])
+            row.setdefault("store_fs", host_env["store_fs"])
             rows.append(row)
     df = pd.DataFrame(rows)
     df.attrs["experiment"] = name
     df.attrs["params"] = {k: v for k, v in params.items()}
     df.attrs["environment"] = env
+    df.attrs["workers"] = workers
+    df.attrs["failed"] = {_label(grid[i]): _one_line(e) for i, e in sorted(failures.items())}
     df.attrs["skipped"] = skipped
     return df
 
@@ -241,7 +294,8 @@ def results_dir() -> str:
 
 
 def save(df: pd.DataFrame, path: str | None = None) -> dict[str, str]:
-    """Write the CSV (and Parquet where pyarrow is installed) plus a JSON of the environment and parameters.
+    """Write the CSV (and Parquet where pyarrow is installed) plus a JSON of the environment, the workers, the
+    failed cases and the parameters.
 
     ``path`` defaults to ``data/results/<experiment>-<UTC time>.csv``. Returns the paths written.
     """
@@ -259,7 +313,8 @@ def save(df: pd.DataFrame, path: str | None = None) -> dict[str, str]:
     except ImportError:
         pass
     meta = {"experiment": name, "params": _jsonable(df.attrs.get("params", {})),
-            "environment": df.attrs.get("environment") or environment(), "rows": len(df), "columns": list(df.columns)}
+            "environment": df.attrs.get("environment") or environment(), "workers": df.attrs.get("workers", {}),
+            "failed": df.attrs.get("failed", {}), "rows": len(df), "columns": list(df.columns)}
     with open(base + ".json", "w") as f:
         json.dump(meta, f, indent=2, default=str)
     out["json"] = base + ".json"
@@ -274,7 +329,8 @@ def load(path: str) -> pd.DataFrame:
         with open(meta) as f:
             info = json.load(f)
         df.attrs.update({"experiment": info.get("experiment"), "params": info.get("params", {}),
-                         "environment": info.get("environment", {})})
+                         "environment": info.get("environment", {}), "workers": info.get("workers", {}),
+                         "failed": info.get("failed", {})})
     return df
 
 
