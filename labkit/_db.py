@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 
 def connect(path: str, schema: str) -> sqlite3.Connection:

@@ -1,4 +1,5 @@
-"""Shared fixtures, and the host-hygiene check: the suite must leave no labkit mount, loop device, lk-* link or container cgroup.
+"""Shared fixtures, and the host-hygiene check: the suite must leave no labkit mount, loop device, lk-* link or
+container cgroup.
 
 At session start the plugin records the host's mounts and loop devices; at the end any new mount or loop
 device (and any mount whose source or target names labkit or a pytest temp dir) fails the run.

@@ -166,8 +166,8 @@ def test_no_private_reach_across_packages() -> None:
                 for a in node.names:
                     private_mod = any(p.startswith("_") and p not in ("__init__",) for p in target.split(".")[1:])
                     dunder = a.name.startswith("__") and a.name.endswith("__")
-                    if ((a.name.startswith("_") and not dunder) or private_mod) and not target.startswith("labkit._sys") \
-                            and target not in ("labkit._db",):
+                    private = (a.name.startswith("_") and not dunder) or private_mod
+                    if private and not target.startswith("labkit._sys") and target not in ("labkit._db",):
                         bad.append(f"{mod}: from {target} import {a.name}")
     assert not bad, "private names used across packages: " + "; ".join(bad)
 

@@ -100,7 +100,8 @@ def test_ps_all_quiet_json_and_human_tables(lab_root):
         rows = json.loads(labkit("ps", "-a", "--format", "json", *lab_root).stdout)
         assert [r["id"][:12] for r in rows] == ids and rows[0]["name"] == "done1"
         imgs = labkit("images", *lab_root).stdout.splitlines()
-        assert imgs[0].split()[:2] == ["IMAGE", "ID"] and " MB" in imgs[1] and "ago" in imgs[1] or "just now" in imgs[1]
+        assert imgs[0].split()[:2] == ["IMAGE", "ID"] and " MB" in imgs[1]
+        assert "ago" in imgs[1] or "just now" in imgs[1]
         exact = labkit("images", "--bytes", *lab_root).stdout.splitlines()[1]
         assert any(w.isdigit() and int(w) > 100000 for w in exact.split())
         hist = labkit("image", "history", "busybox", *lab_root).stdout.splitlines()
@@ -119,7 +120,8 @@ def test_run_options_from_docker_habit(lab_root, tmp_path):
     envf.write_text("# comment\nGREETING=hello\n\n")
     r = labkit("run", "--rm", "-v", f"{data}:/data:ro", "--env-file", str(envf), "-e", "X=1", "-w", "/data",
                "-u", "nobody", "--hostname", "box", "busybox", *lab_root, "--",
-               "sh", "-c", 'cat in.txt; echo $GREETING $X; pwd; id -un; hostname; (echo x > /data/w) 2>/dev/null || echo ro')
+               "sh", "-c",
+               'cat in.txt; echo $GREETING $X; pwd; id -un; hostname; (echo x > /data/w) 2>/dev/null || echo ro')
     assert r.returncode == 0, r.stderr
     assert r.stdout.split("\n")[:6] == ["from host", "hello 1", "/data", "nobody", "box", "ro"], r.stdout
     assert not (data / "w").exists()
@@ -164,6 +166,7 @@ def test_info_and_completion():
 def test_publish_a_port_on_loopback(lab_root, tmp_path):
     import time
     import urllib.request
+
     from labkit.containers.proxy import _proxies
     www = tmp_path / "www"
     www.mkdir()
@@ -254,6 +257,7 @@ def test_run_it_is_a_real_terminal(lab_root):
 def test_verb_map_matches_the_parser():
     """`labkit VERB` imports only VERB's module: the map must name every verb the full parser has."""
     import argparse
+
     from labkit.cli import VERB_MODULES, build_parser
     full = build_parser()
     sub = next(a for a in full._actions if isinstance(a, argparse._SubParsersAction))

@@ -71,8 +71,8 @@ def test_gc_refuses_a_directory_that_is_no_store(tmp_path):
 
 def test_overlay_layers_match_exactly():
     """/var/lib/labkit2's overlay is not /var/lib/labkit's (a substring match once said it was)."""
-    from labkit.gc import _overlay_dirs
     from labkit._sys.leftovers import inside
+    from labkit.gc import _overlay_dirs
     dirs = _overlay_dirs("rw,lowerdir=/var/lib/labkit2/a:/var/lib/labkit2/b,upperdir=/var/lib/labkit2/u,workdir=/w")
     assert dirs == ["/var/lib/labkit2/a", "/var/lib/labkit2/b", "/var/lib/labkit2/u", "/w"]
     assert not any(inside(d, "/var/lib/labkit") for d in dirs)

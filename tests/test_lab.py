@@ -79,7 +79,7 @@ def test_one_way_in_history_rmi_prune_reset(tmp_path):
         with pytest.raises(errors.NotFound, match="was removed"):
             c.exec(["true"])                                    # a labkit error, not AttributeError
         hist = lab.history("app:v1")
-        assert list(hist.created_by)[0].startswith("sh -c echo") and len(hist) == 2
+        assert hist.created_by.iloc[0].startswith("sh -c echo") and len(hist) == 2
         assert "app:v1" in lab.inspect("app:v1")["tags"]
         lab.tag("app:v1", "app:latest")
         out = lab.rmi("app:v1")                                 # one of two tags: only untagged

@@ -71,7 +71,8 @@ def test_every_application_runs_from_its_minimal_image(cache, tmp_path) -> None:
 
         lacks = mi.probe(lab, "hello:minimal", ["/bin/sh", "/usr/bin/apt-get", "/etc/passwd", "/usr/bin/hello"])
         assert lacks == {"/bin/sh": False, "/usr/bin/apt-get": False, "/etc/passwd": False, "/usr/bin/hello": True}
-        assert mi.probe(lab, "hello:figure2", ["/bin/sh", "/usr/bin/apt-get"]) == {"/bin/sh": True, "/usr/bin/apt-get": True}
+        has = mi.probe(lab, "hello:figure2", ["/bin/sh", "/usr/bin/apt-get"])
+        assert has == {"/bin/sh": True, "/usr/bin/apt-get": True}
         with pytest.raises(errors.InvalidArgument, match="No such file"):
             lab.run("hello:minimal", ["sh", "-c", "true"], rm=True)
         # the trace saw one run: another code path needs files it never touched
@@ -98,7 +99,8 @@ def test_thin_backend(cache, tmp_path) -> None:
 def test_summary_orders_the_ways() -> None:
     import pandas as pd
     rows = [{"backend": "overlay", "app": "a", "way": w, "warmup": False, "check_ok": True,
-             **{c: 1.0 for c in ("image_bytes", "bytes_exclusive", "bytes_total", "files", "build_seconds", "import_seconds",
-                                 "start_seconds", "run_seconds", "first_write_seconds")}} for w in reversed(WAYS)]
+             **{c: 1.0 for c in ("image_bytes", "bytes_exclusive", "bytes_total", "files", "build_seconds",
+                                 "import_seconds", "start_seconds", "run_seconds", "first_write_seconds")}}
+            for w in reversed(WAYS)]
     s = mi.summary(pd.DataFrame(rows))
     assert list(s.index.get_level_values("way")) == list(WAYS) and s.check_ok.all()

@@ -15,9 +15,9 @@ import pytest
 
 from labkit._sys import loop, mounts
 from labkit.errors import FailedPrecondition
-from labkit.snapshots.mount import Mount
 from labkit.gc import find_leftovers, gc
 from labkit.snapshots import open_snapshotter
+from labkit.snapshots.mount import Mount
 from labkit.snapshots.thin import ThinSnapshotter
 
 pytestmark = [pytest.mark.root,

@@ -43,7 +43,8 @@ WORKER = textwrap.dedent("""
                     kept.append(f"{me}:v{i}")
             else:
                 err = r.stderr.strip()
-                if "Traceback" in r.stderr or err.count("\\n") or "Broken pipe" in err or not err.startswith("labkit: "):
+                if ("Traceback" in r.stderr or err.count("\\n") or "Broken pipe" in err
+                        or not err.startswith("labkit: ")):
                     bad.append(f"{s}: {r.stderr[-500:]}")
                 else:
                     refused.append(err)

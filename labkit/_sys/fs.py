@@ -14,7 +14,6 @@ import fcntl
 import os
 import stat
 import subprocess
-
 from typing import NamedTuple
 
 from .. import errors
@@ -130,7 +129,7 @@ def exclusive_usage(path: str) -> Usage:
     size = 0
     inodes = 0
     seen: set[tuple[int, int]] = set()
-    for dirpath, dirnames, filenames in os.walk(path):
+    for dirpath, _dirnames, filenames in os.walk(path):
         for name in filenames:
             p = os.path.join(dirpath, name)
             st = os.lstat(p)

@@ -19,8 +19,9 @@ False
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TypeVar, overload
 
 __all__ = ["Leftover", "Collector", "collector", "collectors", "unregister", "inside",
            "MOUNTS", "DEVICE_MAPPER", "LOOPS", "PROCESSES", "CONTAINERS"]
@@ -46,12 +47,21 @@ _COLLECTORS: list[tuple[int, Collector]] = []
 MOUNTS, DEVICE_MAPPER, LOOPS, PROCESSES, CONTAINERS = 10, 20, 30, 40, 50
 
 
-def collector(fn: Collector | None = None, *, order: int = CONTAINERS) -> Any:
+_C = TypeVar("_C", bound=Collector)
+
+
+@overload
+def collector(fn: _C, *, order: int = CONTAINERS) -> _C: ...
+@overload
+def collector(fn: None = None, *, order: int = CONTAINERS) -> Callable[[_C], _C]: ...
+
+
+def collector(fn: _C | None = None, *, order: int = CONTAINERS) -> _C | Callable[[_C], _C]:
     """Register ``fn(root, everything) -> [Leftover]``; collectors run by ``order``, then registration.
 
     Usable bare (``@collector``) or with an order (``@collector(order=MOUNTS)``).
     """
-    def register(f: Collector) -> Collector:
+    def register(f: _C) -> _C:
         if all(f is not g for _, g in _COLLECTORS):
             _COLLECTORS.append((order, f))
             _COLLECTORS.sort(key=lambda item: item[0])   # stable: registration order within one order

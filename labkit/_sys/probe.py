@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 
 from .mounts import mountinfo
 
@@ -22,7 +23,10 @@ def has_filesystem(name: str) -> bool:
     """True when the kernel knows ``name`` (tries ``modprobe`` once if it is missing)."""
     if name in kernel_filesystems():
         return True
-    os.system(f"modprobe {name} >/dev/null 2>&1")
+    try:                                   # no shell: ``name`` is never parsed as a command line
+        subprocess.run(["modprobe", "--", name], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    except OSError:                        # no modprobe (kmod): the kernel keeps what it has
+        pass
     return name in kernel_filesystems()
 
 

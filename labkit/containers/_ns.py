@@ -12,6 +12,7 @@ True
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import platform
 
@@ -58,7 +59,7 @@ def pivot_root(new_root: str, put_old: str) -> None:
     then unmount ``"."`` with ``MNT_DETACH`` right after)."""
     nr = _SYS_PIVOT_ROOT.get(platform.machine())
     if nr is None:
-        raise OSError(38, f"pivot_root: unknown syscall number on {platform.machine()}")
+        raise OSError(errno.ENOSYS, f"pivot_root: unknown syscall number on {platform.machine()}")
     check(libc.syscall(ctypes.c_long(nr), fsencode(new_root), fsencode(put_old)),
           f"pivot_root {new_root} {put_old}", new_root)
 

@@ -14,6 +14,7 @@ True
 from __future__ import annotations
 
 import ctypes
+import errno
 import platform
 
 from labkit._sys.libc import check, fsencode, libc
@@ -66,8 +67,9 @@ def capget() -> tuple[int, int, int]:
     hdr = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
     data = (_CapData * 2)()
     check(libc.capget(ctypes.byref(hdr), data), "capget")
-    return tuple(getattr(data[0], k) | (getattr(data[1], k) << 32)   # type: ignore[return-value]
-                 for k in ("effective", "permitted", "inheritable"))
+    eff, perm, inh = (getattr(data[0], k) | (getattr(data[1], k) << 32)
+                      for k in ("effective", "permitted", "inheritable"))
+    return eff, perm, inh
 
 
 def capset(effective: int, permitted: int, inheritable: int) -> None:
@@ -92,9 +94,9 @@ def seccomp_set_mode_filter(bpf: bytes, flags: int = 0) -> None:
     the filter is inherited across fork and execve and can never be removed."""
     nr = _SYS_SECCOMP.get(platform.machine())
     if nr is None:
-        raise OSError(38, f"seccomp: unknown syscall number on {platform.machine()}")
+        raise OSError(errno.ENOSYS, f"seccomp: unknown syscall number on {platform.machine()}")
     if not bpf or len(bpf) % 8:
-        raise OSError(22, "seccomp: a BPF program is a non-empty multiple of 8 bytes")
+        raise OSError(errno.EINVAL, "seccomp: a BPF program is a non-empty multiple of 8 bytes")
     buf = ctypes.create_string_buffer(bpf, len(bpf))
     prog = _SockFprog(len(bpf) // 8, ctypes.cast(buf, ctypes.c_void_p))
     check(libc.syscall(ctypes.c_long(nr), ctypes.c_uint(SECCOMP_SET_MODE_FILTER), ctypes.c_uint(flags),

@@ -34,7 +34,7 @@ frozenset({'CAP_CHOWN'})
 """
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from labkit import errors
 

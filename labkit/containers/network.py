@@ -28,9 +28,10 @@ import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from labkit import errors
 
@@ -271,7 +272,7 @@ detach = _off_loop(_detach)
 
 def links() -> list[tuple[str, str]]:
     """(name, kind) of every ``lk-*`` interface in the host namespace (veth or bridge), from sysfs."""
-    out = []
+    out: list[tuple[str, str]] = []
     try:
         names = os.listdir("/sys/class/net")
     except FileNotFoundError:

@@ -21,7 +21,8 @@ import errno
 import json
 import os
 import platform
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from . import seccomp
 from .security import DEVICE_RULES, Profile
@@ -55,7 +56,8 @@ def config(rootfs: str, cmd: Sequence[str], *, hostname: str = "labkit", env: Se
         "ociVersion": OCI_VERSION,
         "process": {"terminal": False, "user": {"uid": uid, "gid": gid}, "args": list(cmd),
                     "env": list(DEFAULT_ENV) + list(env), "cwd": cwd, "capabilities": caps,
-                    "rlimits": [{"type": f"RLIMIT_{n}", "soft": soft, "hard": hard} for n, soft, hard in profile.rlimits],
+                    "rlimits": [{"type": f"RLIMIT_{n}", "soft": soft, "hard": hard}
+                                for n, soft, hard in profile.rlimits],
                     "noNewPrivileges": True},
         "root": {"path": os.path.abspath(rootfs), "readonly": readonly},
         "hostname": hostname,

@@ -9,7 +9,8 @@ one-line error), and it exits by itself when the container's PID 1 exits (it wai
 released on every exit path; ``labkit gc`` ends any proxy whose container is gone.
 
 >>> parse_publish("8080:80"), parse_publish("0.0.0.0:8443:443/tcp")
-(Publish(host_ip='127.0.0.1', host_port=8080, container_port=80), Publish(host_ip='0.0.0.0', host_port=8443, container_port=443))
+(Publish(host_ip='127.0.0.1', host_port=8080, container_port=80),
+ Publish(host_ip='0.0.0.0', host_port=8443, container_port=443))
 """
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
+from functools import partial
 
 from .. import errors
 from .._sys import leftovers
@@ -217,5 +219,5 @@ def proxy_leftovers(root: str, everything: bool) -> list[Leftover]:
         if not everything and ctr.isdigit() and os.path.exists(f"/proc/{ctr}"):
             continue                       # its container still runs: the proxy is in use
         out.append(Leftover("proxy", str(pid), f"ports of container {_arg(argv, '--cid')}",
-                            (lambda p=pid, t=starttime(pid): _end(p, t))))
+                            partial(_end, pid, starttime(pid))))
     return out

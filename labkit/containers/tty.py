@@ -25,7 +25,8 @@ import struct
 import termios
 import threading
 import tty as _tty
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from labkit import errors
 

@@ -56,9 +56,10 @@ def block_size_case(p: dict[str, Any], repeat: int, ctx: Context) -> list[dict[s
                 secs = time.perf_counter() - t0
                 u = pool.usage(2)
                 st = pool.status()
-                rows.append({"block_bytes": bs, "repeat": r, "writes": p["writes"], "seconds_per_write": secs / p["writes"],
-                             "bytes_exclusive": u.exclusive_blocks * bs, "metadata_blocks": st.used_metadata_blocks,
-                             "data_blocks": st.used_data_blocks, "bytes_used": st.used_data_blocks * bs})
+                rows.append({"block_bytes": bs, "repeat": r, "writes": p["writes"],
+                             "seconds_per_write": secs / p["writes"], "bytes_exclusive": u.exclusive_blocks * bs,
+                             "metadata_blocks": st.used_metadata_blocks, "data_blocks": st.used_data_blocks,
+                             "bytes_used": st.used_data_blocks * bs})
         finally:
             shutil.rmtree(base, ignore_errors=True)
         ctx.tick(1)

@@ -14,9 +14,11 @@ from .framework import Context, Param, experiment
 
 
 @experiment("commit-cost", title="commit time and bytes added against the amount a container changed",
-            params=[backend_param(), Param("changed", "size", ["1M", "16M", "128M"], "bytes the container writes", sweep=True),
+            params=[backend_param(),
+                    Param("changed", "size", ["1M", "16M", "128M"], "bytes the container writes", sweep=True),
                     Param("image_size", "size", "64M", "image size")],
-            columns={"changed_bytes": "bytes written", "seconds": "commit time", "bytes_added": "usage of the new image"},
+            columns={"changed_bytes": "bytes written", "seconds": "commit time",
+                     "bytes_added": "usage of the new image"},
             summary=lambda df: median_table(df, ["backend", "changed_bytes"], "seconds"))
 def commit_case(p: dict[str, Any], repeat: int, ctx: Context) -> list[dict[str, Any]]:
     """One backend and amount: per repetition a container writes, is committed (timed), and the image removed."""

@@ -16,8 +16,9 @@ import os
 import random
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import pandas as pd
 

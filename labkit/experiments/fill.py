@@ -19,14 +19,19 @@ _MIX = [(0.55, 256, 16 << 10), (0.30, 16 << 10, 128 << 10), (0.13, 128 << 10, 2 
 _CHUNK = 1 << 20
 
 
+def _bucket(x: float) -> tuple[int, int]:
+    """The (low, high) size range that ``x`` in [0, 1) falls in (the last one if rounding leaves it past all)."""
+    for p, lo, hi in _MIX:
+        if x < p:
+            return lo, hi
+        x -= p
+    return _MIX[-1][1], _MIX[-1][2]
+
+
 def _sizes(total: int, rng: random.Random) -> list[int]:
     sizes, left = [], total
     while left > 0:
-        x = rng.random()
-        for p, lo, hi in _MIX:
-            if x < p:
-                break
-            x -= p
+        lo, hi = _bucket(rng.random())
         s = min(left, int(rng.uniform(lo, hi)))
         sizes.append(s)
         left -= s

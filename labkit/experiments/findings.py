@@ -18,7 +18,8 @@ a partial one (a backend missing, one repetition): a finding it cannot compute s
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable, Iterator
+from typing import Any, cast
 
 import pandas as pd
 
@@ -183,7 +184,7 @@ def _kept(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _sz(n: Any) -> str:
-    return "–" if n is None or (isinstance(n, float) and math.isnan(n)) else format_size(int(round(float(n))))
+    return "–" if n is None or (isinstance(n, float) and math.isnan(n)) else format_size(round(float(n)))
 
 
 def _a(size_text: str) -> str:
@@ -205,7 +206,7 @@ def _about(s: float) -> str:
 
 def _times(x: float, lang: str = "en") -> str:
     """A ratio as people say it: 20×, 2.5×, 1.1× (ja: 20 倍)."""
-    if x is None or isinstance(x, float) and math.isnan(x):
+    if x is None or (isinstance(x, float) and math.isnan(x)):
         return "–"
     n = f"{x:.0f}" if x >= 10 else f"{x:.1f}"
     return f"{n} 倍" if lang == "ja" else f"{n}×"
@@ -242,7 +243,12 @@ def _table_snapshot_time(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _space_last(df: pd.DataFrame) -> pd.DataFrame:
+def _rows(m: pd.DataFrame) -> Iterator[tuple[Any, pd.Series]]:
+    """``m.iterrows()``, the row labels typed as what they are here: a name, or a tuple of index levels."""
+    return cast("Iterator[tuple[Any, pd.Series]]", m.iterrows())
+
+
+def _space_last(df: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     d = _kept(df)
     n = d.containers.max()
     return d[d.containers == n].groupby("backend").agg(added=("bytes_added", "median"),
@@ -262,7 +268,7 @@ def _table_cow(df: pd.DataFrame) -> pd.DataFrame:
     d = _kept(df)
     m = d.groupby(["backend", "write_bytes", "phase"]).seconds.median().unstack("phase")
     rows = []
-    for (backend, size), r in m.iterrows():
+    for (backend, size), r in _rows(m):
         first, again = r.get("first_write", float("nan")), r.get("rewrite", float("nan"))
         rows.append({"backend": backend, "write": _sz(size), "first write": _t(first), "rewrite": _t(again),
                      "first / rewrite": _times(first / again) if again and again > 0 else "–"})
@@ -273,7 +279,7 @@ def _table_commit(df: pd.DataFrame) -> pd.DataFrame:
     d = _kept(df)
     m = d.groupby(["backend", "changed_bytes"]).agg(seconds=("seconds", "median"), added=("bytes_added", "median"))
     return pd.DataFrame([{"backend": b, "changed": _sz(c), "commit time": _t(r.seconds), "image adds": _sz(r.added)}
-                         for (b, c), r in m.iterrows()])
+                         for (b, c), r in _rows(m)])
 
 
 def _table_block_size(df: pd.DataFrame) -> pd.DataFrame:
@@ -329,7 +335,7 @@ def _table_sprawl(df: pd.DataFrame) -> pd.DataFrame:
     m = d.groupby(["backend", "approach"])[["images", "bytes_total", "bytes_freed"]].median()
     return pd.DataFrame([{"backend": b, "approach": a, "images": int(r.images),
                           "size above the base": _sz(r.bytes_total), "freed by rmi + prune": _sz(r.bytes_freed)}
-                         for (b, a), r in m.iterrows()])
+                         for (b, a), r in _rows(m)])
 
 
 TABLES: dict[str, Callable[[pd.DataFrame], pd.DataFrame]] = {
@@ -360,7 +366,7 @@ def _f_snapshot(df: pd.DataFrame, lang: str) -> str:
     grow = [b for b in m.index if ratio[b] >= 2]
     out = []
     if "thin" in m.index:
-        t0, t1, r = m.loc["thin", small], m.loc["thin", big], ratio["thin"]
+        t0, t1, r = m[small]["thin"], m[big]["thin"], ratio["thin"]
         if r < 1.3:
             out.append(f"シン・スナップショットの作成とマウントは、イメージが {_sz(small)} でも {_sz(big)} でも約 {_about(t1)} です"
                        if lang == "ja" else
@@ -394,8 +400,8 @@ def _f_space(df: pd.DataFrame, lang: str) -> str:
     write = int(df["write"].iloc[0]) if "write" in df else 0
     image = int(df["image_size"].iloc[0]) if "image_size" in df else 0
     per = (last.added / max(n, 1)).sort_values()
-    lean = [b for b, v in per.items() if write and v <= 1.5 * write]
-    fat = [b for b, v in per.items() if image and v >= write + 0.5 * image]
+    lean = [str(b) for b, v in per.items() if write and v <= 1.5 * write]      # backend names
+    fat = [str(b) for b, v in per.items() if image and v >= write + 0.5 * image]
     items = _and([f"{b} {_sz(v)}" for b, v in per.items()], lang)
     if lang == "ja":
         s = f"{_sz(image)} のイメージから {n} 個のコンテナがそれぞれ {_sz(write)} 書いたとき、1 コンテナあたりの増加は {items} でした。"
@@ -490,7 +496,7 @@ def _f_io(df: pd.DataFrame, lang: str) -> str:
     names = {"seq_write": ("sequential writes", "順次書き込み"), "seq_read": ("sequential reads", "順次読み出し"),
              "rand_write_4k": ("random 4 KiB writes", "ランダム 4 KiB 書き込み")}
     parts = [(names.get(op, (op, op))[lang == "ja"], r.thin, r.thin / r.loop if r.loop else float("nan"))
-             for op, r in m.iterrows()]
+             for op, r in _rows(m)]
     if lang == "ja":
         return "シンデバイス上では、" + "、".join(f"{n}が {v:.0f} MiB/s（ループファイルの {x:.2f} 倍）" for n, v, x in parts) + "でした。"
     return "Through the thin device, " + _and([f"{n} run at {v:.0f} MiB/s ({x:.2f}× a plain loop file)"
@@ -502,7 +508,7 @@ def _f_start(df: pd.DataFrame, lang: str) -> str:
     d = d[d.seconds.notna()]
     med = d.groupby("runtime").seconds.median().sort_values()
     items = _and([f"{r} {_t(v)}" for r, v in med.items()], lang)
-    skipped = list((df.attrs.get("skipped") or {}))
+    skipped = list(df.attrs.get("skipped") or {})
     if lang == "ja":
         s = f"コンテナで /bin/true を起動して終了するまでの中央値は {items} です。"
         return s + (f"（{_and(skipped, lang)} はこのマシンでは動きませんでした）" if skipped else "")

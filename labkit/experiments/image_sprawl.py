@@ -25,7 +25,8 @@ from .framework import Context, Param, experiment
                     Param("steps", "int", 5, "ad-hoc commits in the chain", min=1, max=50),
                     Param("write", "size", "1M", "bytes each step writes")],
             columns={"approach": "chain (one commit per step) or once (one commit of everything)",
-                     "images": "images the approach left", "bytes_total": "the result's size above the base: its layer and its ancestors' (df total)",
+                     "images": "images the approach left",
+                     "bytes_total": "the result's size above the base: its layer and its ancestors' (df total)",
                      "bytes_freed": "what prune reclaimed once the result was untagged"},
             summary=lambda df: median_table(df, ["backend", "approach"], "bytes_total"))
 def sprawl_case(p: dict[str, Any], repeat: int, ctx: Context) -> list[dict[str, Any]]:

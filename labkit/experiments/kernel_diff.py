@@ -11,8 +11,9 @@ numbers may differ; anything else that differs is a bug unless :data:`labkit.vm.
 
 Columns: ``seed, step`` (index of the commit operation), ``device`` (an id, or ``pool``), ``quantity``,
 ``model_value``, ``kernel_value`` (as text; ``kernel`` is the host's kernel release, as on every row),
-``match``, ``explained`` (the documented reason for an allowed difference), ``detail``; and, the same on every row, ``vm_boot_seconds``, ``vm_seconds`` and ``model_seconds`` (wall
-times of the emulated guest: not comparable with anything measured on the host).
+``match``, ``explained`` (the documented reason for an allowed difference), ``detail``; and, the same on
+every row, ``vm_boot_seconds``, ``vm_seconds`` and ``model_seconds`` (wall times of the emulated guest:
+not comparable with anything measured on the host).
 
 Needs qemu, a kernel image with dm_thin_pool and virtme-ng (``labkit vm check``); without them the case
 raises :class:`~labkit.errors.Unsupported` with the install command.

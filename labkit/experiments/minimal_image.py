@@ -31,15 +31,31 @@ import shutil
 import stat
 import tempfile
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import pandas as pd
 
 from .. import errors
 from ..images.busybox import find_busybox
-from ..images.minimal import (APPS, MAX_TRACE, TRACE_FILE, TRACE_MOUNT, WAYS, App, PackageCache, closure,
-                              copy_closure, count_files, first_write, install_command, packages_rootfs,
-                              parse_trace, trace_command, which)
+from ..images.minimal import (
+    APPS,
+    MAX_TRACE,
+    TRACE_FILE,
+    TRACE_MOUNT,
+    WAYS,
+    App,
+    PackageCache,
+    closure,
+    copy_closure,
+    count_files,
+    first_write,
+    install_command,
+    packages_rootfs,
+    parse_trace,
+    trace_command,
+    which,
+)
 from ..lab import Lab, LabContainer
 from .common import MIB, backend_param, store_options
 from .framework import Context, Param, experiment
@@ -216,8 +232,17 @@ def _checked(lab: Lab, app: App, b: Built) -> Built:
     return b
 
 
+def _no_tick(n: int = 1) -> None:
+    pass
+
+
+def _cell(frame: pd.DataFrame, row: str, column: str) -> Any:
+    """One cell of ``lab.images()`` or ``lab.df()`` (frames of mixed types: any scalar)."""
+    return frame.loc[row, column]
+
+
 def measure(lab: Lab, app: App | str, built: dict[str, Built], *, repeat: int = 3,
-            tick: Callable[[int], None] = lambda n=1: None) -> list[dict[str, Any]]:
+            tick: Callable[[int], None] = _no_tick) -> list[dict[str, Any]]:
     """Rows for each built image: its sizes (``lab.images()``, ``lab.df()``), and ``repeat + 1`` runs of
     the application (repetition 0 is the warm-up), each timed (start, run, remove) with a first write to
     the application's executable in the container."""
@@ -229,9 +254,9 @@ def measure(lab: Lab, app: App | str, built: dict[str, Built], *, repeat: int = 
     for way, b in built.items():
         short = b.image[:12]
         static[way] = {
-            "app": app.name, "way": way, "image_bytes": int(images.loc[b.image, "size"] or 0),
-            "bytes_exclusive": int(df.loc[short, "exclusive"]), "bytes_total": int(df.loc[short, "total"]),
-            "base_bytes": int(images.loc[base_id, "size"] or 0) if way == "figure2" and base_id else 0,
+            "app": app.name, "way": way, "image_bytes": int(_cell(images, b.image, "size") or 0),
+            "bytes_exclusive": int(_cell(df, short, "exclusive")), "bytes_total": int(_cell(df, short, "total")),
+            "base_bytes": int(_cell(images, base_id, "size") or 0) if way == "figure2" and base_id else 0,
             "files": b.files, "build_seconds": b.build_seconds, "import_seconds": b.import_seconds}
     rows = []
     for r in range(repeat + 1):
@@ -301,26 +326,32 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     """Per application and way: median bytes, files, times and the check (warm-up dropped)."""
     d = df[~df.warmup] if "warmup" in df else df
     by = [c for c in ("backend", "app", "way") if c in d]
-    cols = ["image_bytes", "bytes_exclusive", "bytes_total", "files", "build_seconds", "import_seconds", "start_seconds",
-            "run_seconds", "first_write_seconds"]
+    cols = ["image_bytes", "bytes_exclusive", "bytes_total", "files", "build_seconds", "import_seconds",
+            "start_seconds", "run_seconds", "first_write_seconds"]
     out = d.groupby(by)[cols].median()
     out["check_ok"] = d.groupby(by).check_ok.all()
     order = {w: i for i, w in enumerate(WAYS)}
     return out.sort_index(level=by, key=lambda s: s.map(order) if s.name == "way" else s)
 
 
-@experiment("minimal-image", title="one application three ways: base OS + apt-get (figure 2), packages only, only the files it touches",
+@experiment("minimal-image",
+            title="one application three ways: base OS + apt-get (figure 2), packages only, only the files it touches",
             params=[Param("app", "choice", list(APPS), "applications: a Debian package, a command, its check",
                           choices=tuple(APPS), sweep=True),
                     backend_param(("overlay", "thin")),
                     Param("cache", "str", "", "package cache directory (empty: $LABKIT_CACHE or /var/cache/labkit)")],
-            columns={"way": "figure2 (base + apt-get + commit), packages (mmdebstrap --variant=extract), minimal (traced files)",
-                     "image_bytes": "apparent content of the image", "bytes_exclusive": "what the store holds for this image alone",
-                     "bytes_total": "with its parent chain (df total)", "base_bytes": "the base image underneath (figure2)",
+            columns={"way": "figure2 (base + apt-get + commit), packages (mmdebstrap --variant=extract), "
+                            "minimal (traced files)",
+                     "image_bytes": "apparent content of the image",
+                     "bytes_exclusive": "what the store holds for this image alone",
+                     "bytes_total": "with its parent chain (df total)",
+                     "base_bytes": "the base image underneath (figure2)",
                      "files": "non-directory entries", "build_seconds": "making the tree / the container's change",
-                     "import_seconds": "commit or import", "prepare_seconds": "lab.run until the runtime starts (snapshot)",
+                     "import_seconds": "commit or import",
+                     "prepare_seconds": "lab.run until the runtime starts (snapshot)",
                      "start_seconds": "lab.run until the process runs",
-                     "run_seconds": "lab.run until it exited", "first_write_seconds": "first write to the executable (copy-on-write)",
+                     "run_seconds": "lab.run until it exited",
+                     "first_write_seconds": "first write to the executable (copy-on-write)",
                      "rewrite_seconds": "the same write again", "check_ok": "the application's own check passed"},
             summary=summary)
 def minimal_case(p: dict[str, Any], repeat: int, ctx: Context) -> list[dict[str, Any]]:

@@ -86,6 +86,13 @@ class Outcome:
     def ok(self) -> bool:
         return self.error is None and self.df is not None and len(self.df) > 0
 
+    @property
+    def data(self) -> pd.DataFrame:
+        """The DataFrame of an outcome that is :attr:`ok`."""
+        if self.df is None:
+            raise ValueError(f"experiment {self.name} has no results: {self.error}")
+        return self.df
+
 
 def attempt(name: str, *, root: str, results: str, repeat: int = 3, **params: Any) -> Outcome:
     """Run experiment ``name`` and save its CSV + JSON under ``results``; an exception becomes the outcome's
@@ -99,7 +106,7 @@ def attempt(name: str, *, root: str, results: str, repeat: int = 3, **params: An
         out.df = df
         if not len(df):
             out.error = f"{name}: the run returned no rows"
-    except Exception as e:  # shown in the report as this experiment's error; the others go on
+    except Exception as e:  # noqa: BLE001 - shown in the report as this experiment's error; the others go on
         out.error = str(e) if isinstance(e, errors.LabkitError) else f"{type(e).__name__}: {e}"
         out.traceback = traceback.format_exc()
     out.seconds = time.perf_counter() - t0
@@ -128,7 +135,7 @@ def title_page(outcomes: dict[str, Outcome], env: dict[str, Any], *, quick: bool
     for name, o in outcomes.items():
         head = f"<a href='#{_anchor(name)}'>{html.escape(findings.title(name, lang))}</a>"
         if o.ok:
-            body = html.escape(findings.finding(name, o.df, lang))
+            body = html.escape(findings.finding(name, o.data, lang))
         else:
             body = f"<span style='color:#b00'>{t['not_measured']}</span>"
         items.append(f"<li class='lk-finding'><b>{head}</b> — {body}</li>")
@@ -183,12 +190,12 @@ def section(outcome: Outcome, number: int, lang: str = "en") -> list[HTML]:
                            f"{tb}</div></div>")]
     parts: list[Any] = [head]
     try:
-        parts.append(figure_html(plots.plot(outcome.df, name)))
-    except Exception as e:  # a figure that cannot be drawn is said, the table still shows
+        parts.append(figure_html(plots.plot(outcome.data, name)))
+    except Exception as e:  # noqa: BLE001 - a figure that cannot be drawn is said, the table still shows
         what = html.escape(f"{type(e).__name__}: {e}")
         parts.append(HTML(f"<div class='lk-report lk-error'>figure: {what}</div>"))
-    conclusion = html.escape(findings.conclusion(name, outcome.df, lang))
-    parts.append(HTML(f"<div class='lk-report'>{_table(findings.table(name, outcome.df))}"
+    conclusion = html.escape(findings.conclusion(name, outcome.data, lang))
+    parts.append(HTML(f"<div class='lk-report'>{_table(findings.table(name, outcome.data))}"
                       f"<p><b>{t['conclusion']}</b>: {conclusion}</p></div>"))
     return parts
 
@@ -225,5 +232,5 @@ def _short(v: Any) -> str:
 
 def headline(outcomes: dict[str, Outcome], lang: str = "en") -> dict[str, Any]:
     """The findings as data (``headline.json``): per experiment its sentence, or its error."""
-    return {n: ({"finding": findings.finding(n, o.df, lang), "csv": o.csv} if o.ok else {"error": o.error})
+    return {n: ({"finding": findings.finding(n, o.data, lang), "csv": o.csv} if o.ok else {"error": o.error})
             for n, o in outcomes.items()}

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import pandas as pd
 
@@ -67,7 +68,7 @@ def medians(df: pd.DataFrame) -> pd.DataFrame:
     d = df[~df.warmup & df.phase.isin(["prepare", "mount"])]
     per_trial = d.groupby(["backend", "parent_bytes", "repeat"]).seconds.sum().reset_index()
     table = per_trial.groupby(["backend", "parent_bytes"]).seconds.median().unstack("parent_bytes")
-    table.columns = [format_size(c) for c in table.columns]
+    table.columns = [format_size(int(c)) for c in table.columns]   # parent_bytes
     return table
 
 

@@ -28,14 +28,15 @@ import random
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from typing import Any, Iterator
+from typing import Any, cast
 
 import pandas as pd
 
 from .._sys import loop, mounts
-from ..snapshots import open_snapshotter
 from .._sys.fs import run as run_tool
+from ..snapshots import open_snapshotter
 from ..snapshots.mount import unmount
 from ..units import parse_size
 from .framework import Context, Param, experiment
@@ -87,7 +88,7 @@ def _seq_write(path: str, size: int, block: bytes) -> float:
     t0 = time.perf_counter()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        for off in range(0, size, MIB):
+        for _ in range(0, size, MIB):
             os.write(fd, block)
         os.fsync(fd)
     finally:
@@ -207,4 +208,4 @@ def thin_io_case(p: dict[str, Any], repeat: int, ctx: Context) -> list[dict[str,
              cold=p["cold"], progress=False)
     ctx.tick(6 * (repeat + 1))
     keep = ["target", "op", "repeat", "bytes", "seconds", "mib_per_s", "load_1m"]
-    return df[keep].to_dict("records")
+    return cast("list[dict[str, Any]]", df[keep].to_dict("records"))   # column names are str

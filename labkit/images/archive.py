@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import io
 import lzma
 import os
 import shutil
@@ -33,12 +34,13 @@ import subprocess
 import tarfile
 import threading
 import zlib
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import BinaryIO, Iterator
+from typing import IO, BinaryIO, Protocol
 
 from .. import errors
 
-__all__ = ["open_tar", "TarStream", "ArchiveError", "sniff", "check_file", "EXPECTED", "describe"]
+__all__ = ["open_tar", "TarStream", "ArchiveError", "sniff", "check_file", "EXPECTED", "describe", "Readable"]
 
 EXPECTED = "expected a tar archive, plain or compressed with gzip, bzip2, xz or zstd"
 _MAGIC = ((b"\x1f\x8b", "gzip"), (b"BZh", "bzip2"), (b"\xfd7zXZ\x00", "xz"), (b"\x28\xb5\x2f\xfd", "zstd"))
@@ -47,12 +49,19 @@ _BY_SUFFIX = ((".tgz", "gzip"), (".gz", "gzip"), (".tbz2", "bzip2"), (".bz2", "b
 _DRAIN = 16 << 20
 _BLOCK = tarfile.BLOCKSIZE
 
+# tarfile's header errors, which its stream mode raises to end the member list: undocumented (typeshed
+# leaves them out) but in tarfile.py since Python 3.2
+_EOFHeaderError: type[tarfile.HeaderError] = tarfile.EOFHeaderError              # type: ignore[attr-defined]
+_EmptyHeaderError: type[tarfile.HeaderError] = tarfile.EmptyHeaderError          # type: ignore[attr-defined]
+_TruncatedHeaderError: type[tarfile.HeaderError] = tarfile.TruncatedHeaderError  # type: ignore[attr-defined]
+_InvalidHeaderError: type[tarfile.HeaderError] = tarfile.InvalidHeaderError      # type: ignore[attr-defined]
+
 
 class ArchiveError(Exception):
     """Internal: the archive's bytes are malformed (turned into ``InvalidArgument`` naming the archive)."""
 
 
-def describe(src: str | os.PathLike[str] | BinaryIO) -> str:
+def describe(src: str | os.PathLike[str] | Readable) -> str:
     """How an archive is named in messages: its path, quoted (a hostile name stays on one line)."""
     if isinstance(src, (str, os.PathLike)):
         return repr(os.fspath(src))
@@ -63,11 +72,25 @@ def _one_line(s: object) -> str:
     return " ".join(str(s).split())
 
 
-class _Peek:
-    """A reader that can look at its first bytes and then give them again."""
+class Readable(Protocol):
+    """What an archive is read from: a binary file, a member of another tar, a decompressor, a wrapper
+    that hashes what passes (only ``read`` is used)."""
 
-    def __init__(self, f: BinaryIO) -> None:
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
+class _Peek:
+    """A forward-only reader that can look at its first bytes and then give them again."""
+
+    def __init__(self, f: Readable) -> None:
         self.f, self.buf = f, b""
+
+    def seekable(self) -> bool:
+        """False: the decompressors read it forward only."""
+        return False
+
+    def seek(self, n: int, whence: int = 0, /) -> int:
+        raise io.UnsupportedOperation("seek")
 
     def peek(self, n: int) -> bytes:
         while len(self.buf) < n:
@@ -90,12 +113,12 @@ class _Peek:
 class _Guard:
     """Turns a decompressor's complaints (truncated stream, bad CRC, bad data) into :class:`ArchiveError`."""
 
-    def __init__(self, f: object, fmt: str) -> None:
+    def __init__(self, f: Readable, fmt: str) -> None:
         self.f, self.fmt = f, fmt
 
     def read(self, n: int = -1) -> bytes:
         try:
-            return self.f.read(n)   # type: ignore[attr-defined]
+            return self.f.read(n)
         except _SourceError:
             raise
         except EOFError:
@@ -109,7 +132,7 @@ class _SourceError(OSError):
 
 
 class _Source:
-    def __init__(self, f: BinaryIO) -> None:
+    def __init__(self, f: Readable) -> None:
         self.f = f
 
     def read(self, n: int = -1) -> bytes:
@@ -145,7 +168,7 @@ class _Zstd:
                 stdin.write(chunk)
         except BrokenPipeError:
             pass
-        except BaseException as e:     # reported by read() once the output ends
+        except BaseException as e:  # noqa: BLE001 - reported by read() once the output ends
             self.feed_error = e
         finally:
             try:
@@ -215,16 +238,16 @@ class _Stop(tarfile.TarInfo):
     def fromtarfile(cls, tf: tarfile.TarFile) -> tarfile.TarInfo:   # type: ignore[override]
         try:
             return super().fromtarfile(tf)
-        except tarfile.EOFHeaderError:
+        except _EOFHeaderError:
             tf._lk_stop = "end"                       # type: ignore[attr-defined]
             raise
-        except tarfile.EmptyHeaderError:
+        except _EmptyHeaderError:
             tf._lk_stop = "eof"                       # type: ignore[attr-defined]
             raise
-        except tarfile.TruncatedHeaderError:
+        except _TruncatedHeaderError:
             tf._lk_stop = "a header block cut short (truncated file?)"   # type: ignore[attr-defined]
             raise
-        except tarfile.InvalidHeaderError as e:
+        except _InvalidHeaderError as e:
             tf._lk_stop = f"a damaged header block ({_one_line(e)})"     # type: ignore[attr-defined]
             raise
 
@@ -242,15 +265,16 @@ class TarStream:
     def __iter__(self) -> Iterator[tarfile.TarInfo]:
         while True:
             m = self.tf.next()
-            self.tf.members.clear()     # stream mode would keep every header in memory
+            # stream mode would keep every header in memory (TarFile.members: undocumented, not in typeshed)
+            self.tf.members.clear()     # type: ignore[attr-defined]
             if m is None:
                 self._finish()
                 return
             self.members += 1
             yield m
 
-    def extractfile(self, m: tarfile.TarInfo) -> BinaryIO | None:
-        return self.tf.extractfile(m)    # type: ignore[return-value]
+    def extractfile(self, m: tarfile.TarInfo) -> IO[bytes] | None:
+        return self.tf.extractfile(m)
 
     def _finish(self) -> None:
         stop = getattr(self.tf, "_lk_stop", "end")
@@ -266,7 +290,7 @@ class TarStream:
 
 
 @contextmanager
-def open_tar(src: str | os.PathLike[str] | BinaryIO, *, name: str | None = None) -> Iterator[TarStream]:
+def open_tar(src: str | os.PathLike[str] | Readable, *, name: str | None = None) -> Iterator[TarStream]:
     """A :class:`TarStream` over ``src`` (a path or a binary reader), whatever its compression.
 
     Every malformation — empty, not a tar, truncated, corrupt compressed data, a directory — is an
@@ -284,24 +308,24 @@ def open_tar(src: str | os.PathLike[str] | BinaryIO, *, name: str | None = None)
             path = os.fspath(src)
             _check_file(path, label)
             own = open(path, "rb")
-            raw = _Peek(_Source(own))   # type: ignore[arg-type]
+            raw = _Peek(_Source(own))
         else:
-            raw = _Peek(_Source(src))   # type: ignore[arg-type]
+            raw = _Peek(_Source(src))
         head = raw.peek(6)
         if not head:
             raise ArchiveError("is empty")
         fmt = sniff(head)
         if fmt == "gzip":
-            dec: object = gzip.GzipFile(fileobj=raw, mode="rb")   # type: ignore[arg-type]
+            dec: Readable = gzip.GzipFile(fileobj=raw, mode="rb")
         elif fmt == "bzip2":
-            dec = bz2.BZ2File(raw)     # type: ignore[arg-type]
+            dec = bz2.BZ2File(raw)
         elif fmt == "xz":
-            dec = lzma.LZMAFile(raw)   # type: ignore[arg-type]
+            dec = lzma.LZMAFile(raw)   # type: ignore[arg-type]  # typeshed wants IO[bytes]; it reads, as bz2
         elif fmt == "zstd":
             dec = zstd = _Zstd(raw)
         else:
             dec = raw
-        reader = _Peek(_Guard(dec, fmt)) if fmt != "plain" else raw   # type: ignore[arg-type]
+        reader = _Peek(_Guard(dec, fmt)) if fmt != "plain" else raw
         first = reader.peek(_BLOCK)
         if not first:
             raise ArchiveError(f"holds nothing: its {fmt} stream decompresses to 0 bytes")
@@ -315,7 +339,8 @@ def open_tar(src: str | os.PathLike[str] | BinaryIO, *, name: str | None = None)
                 found += f" (its name says {says})"
             raise ArchiveError(f"is not a tar archive: it starts with {found}")
         try:
-            tf = tarfile.open(fileobj=reader, mode="r|", tarinfo=_Stop)   # type: ignore[arg-type]
+            # stream mode only reads; typeshed's fileobj protocol also asks for write, tell and seek
+            tf = tarfile.open(fileobj=reader, mode="r|", tarinfo=_Stop)   # type: ignore[call-overload]
         except tarfile.TarError as e:
             raise ArchiveError(f"is not a readable tar archive ({_one_line(e)})") from None
         stream = TarStream(tf, reader, fmt, label)
@@ -347,7 +372,8 @@ def check_file(path: str | os.PathLike[str], *, name: str | None = None) -> None
     >>> check_file("/")
     Traceback (most recent call last):
     ...
-    labkit.errors.InvalidArgument: archive '/': is a directory: expected a tar archive, plain or compressed with gzip, bzip2, xz or zstd
+    labkit.errors.InvalidArgument: archive '/': is a directory: expected a tar archive, plain or compressed
+    with gzip, bzip2, xz or zstd
     """
     label = name or describe(path)
     try:

@@ -12,10 +12,10 @@ that runs ``argv`` in a container on ``parent_id`` and commits it (``Lab.build``
 **The step cache.** Each step has a key: sha256 of (the parent image id, the instruction after
 substitution — for ``RUN`` with the build arguments in scope —, and for ``COPY`` the digest of the copied
 files' paths, types, permission bits and contents, taken when the recipe is checked; the copy hashes
-what it copies again and fails the step if the context changed meanwhile). A step whose key an existing image carries (on the
-same parent) is not run again: ``---> Using cache``. Change one line and that step gets a new key; its
-image is new, so every step after it has a new parent and runs again; the steps before it come from the
-cache. ``no_cache=True`` runs everything (the images it makes serve later builds).
+what it copies again and fails the step if the context changed meanwhile). A step whose key an existing
+image carries (on the same parent) is not run again: ``---> Using cache``. Change one line and that step
+gets a new key; its image is new, so every step after it has a new parent and runs again; the steps
+before it come from the cache. ``no_cache=True`` runs everything (the images it makes serve later builds).
 
 **Before anything is made** the whole recipe is checked: syntax, the base image, variables, and every
 ``COPY`` source (inside the context, no symlink followed); an error is one ``InvalidArgument`` naming
@@ -40,8 +40,9 @@ import os
 import posixpath
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import errors
 from . import context as ctx
@@ -150,7 +151,7 @@ def _copy_flags(ws: list[str], where: str) -> tuple[ctx.CopyOptions, list[str]]:
     return opts, ws
 
 
-def plan(store: "ImageStore", recipe: str, context: str, build_args: dict[str, str] | None = None) -> Plan:
+def plan(store: ImageStore, recipe: str, context: str, build_args: dict[str, str] | None = None) -> Plan:
     """Parse and check the whole recipe against the store and the context; nothing is made."""
     path = os.fspath(recipe)
     instructions = parse(_read_recipe(path), path)
@@ -292,7 +293,7 @@ def _short(image_id: str) -> str:
     return image_id[:12]
 
 
-def build(store: "ImageStore", recipe: str | os.PathLike[str], context: str | os.PathLike[str] | None = None, *,
+def build(store: ImageStore, recipe: str | os.PathLike[str], context: str | os.PathLike[str] | None = None, *,
           tag: str | None = None, run_step: RunStep | Callable[..., str] | None = None,
           build_args: dict[str, str] | None = None, no_cache: bool = False,
           progress: Callable[[str], Any] | None = print) -> BuildResult:
@@ -373,7 +374,7 @@ def build(store: "ImageStore", recipe: str | os.PathLike[str], context: str | os
     return BuildResult(id=current, short_id=_short(current), tag=ref or "", steps=tuple(steps), seconds=round(total, 3))
 
 
-def _run(store: "ImageStore", s: Step, parent: str, key: str, where: str, ctx_dir: str, digest: str,
+def _run(store: ImageStore, s: Step, parent: str, key: str, where: str, ctx_dir: str, digest: str,
          run_step: Callable[..., str] | None) -> str:
     """Make the image of one step (not cached)."""
     kw = s.ins.keyword

@@ -158,7 +158,7 @@ def _file_hash(dfd: int, name: str) -> str:
     return h.hexdigest()
 
 
-def _record(h: "hashlib._Hash", path: str, kind: str, st: os.stat_result, payload: str) -> None:
+def _record(h: hashlib._Hash, path: str, kind: str, st: os.stat_result, payload: str) -> None:
     h.update(f"{kind}\0{path}\0{stat.S_IMODE(st.st_mode):o}\0{payload}\n".encode("utf-8", "surrogateescape"))
 
 
@@ -292,7 +292,7 @@ def _copy_link(sfd: int, sname: str, st: os.stat_result, pfd: int, name: str, pa
     return target
 
 
-def _copy_tree(dfd: int, root_fd: int, dest: str, prefix: str, opts: CopyOptions, h: "hashlib._Hash", where: str,
+def _copy_tree(dfd: int, root_fd: int, dest: str, prefix: str, opts: CopyOptions, h: hashlib._Hash, where: str,
                dev: int, stamps: list[tuple[str, os.stat_result, bool]]) -> None:
     for name in sorted(os.listdir(dfd)):
         st = os.stat(name, dir_fd=dfd, follow_symlinks=False)

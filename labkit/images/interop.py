@@ -33,7 +33,8 @@ import platform
 import re
 import stat
 import tarfile
-from typing import Any, BinaryIO, Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, BinaryIO
 
 from .. import errors
 from . import archive, tarsafe
@@ -62,7 +63,8 @@ _MAX_LINKS = 8
 _MAX_MEMBERS = 100_000
 
 
-def _bad(label: str, why: str, fix: str = "give an image archive made by docker/podman save or skopeo") -> errors.InvalidArgument:
+def _bad(label: str, why: str,
+         fix: str = "give an image archive made by docker/podman save or skopeo") -> errors.InvalidArgument:
     return errors.InvalidArgument(label, why, fix=fix)
 
 
@@ -84,7 +86,8 @@ class _TarSource:
                 if len(self.members) > _MAX_MEMBERS:
                     raise _bad(f"archive {label}", f"has more than {_MAX_MEMBERS} members, too many for an "
                                "image archive")
-            self.tf.members = []       # the dict above is the index; do not keep two
+            # the dict above is the index: do not keep two (TarFile.members: undocumented, not in typeshed)
+            self.tf.members = []       # type: ignore[attr-defined]
         except (tarfile.TarError, EOFError, OSError) as e:
             self.tf.close()
             raise _bad(f"archive {label}", f"is not a readable tar archive ({' '.join(str(e).split())})",
@@ -106,7 +109,8 @@ class _TarSource:
             seen += 1
             if seen > _MAX_LINKS:
                 raise _bad(f"member {name!r} of {self.label}", "is a chain of links that does not end")
-            target = m.linkname if m.islnk() else os.path.normpath(os.path.join(os.path.dirname(_norm(m.name)), m.linkname))
+            target = (m.linkname if m.islnk()
+                      else os.path.normpath(os.path.join(os.path.dirname(_norm(m.name)), m.linkname)))
             m = self.members.get(_norm(target))
         if m is None:
             raise _bad(f"archive {self.label}", f"has no member {name!r}", fix="the archive is incomplete")
@@ -301,8 +305,9 @@ def import_docker_archive(store: Any, path: str | os.PathLike[str], *, tag: str 
         choices = [(e, [t for t in (e.get("RepoTags") or []) if isinstance(t, str)]) for e in manifest]
 
         def name_of(e: dict[str, Any], tags: list[str]) -> str:
-            cfg = e.get("Config") if isinstance(e.get("Config"), str) else ""
-            return ",".join(tags) or f"<untagged> config {os.path.basename(cfg)[:19]}"
+            cfg = e.get("Config")
+            untagged = f"<untagged> config {os.path.basename(cfg if isinstance(cfg, str) else '')[:19]}"
+            return ",".join(tags) or untagged
         if ref is not None:
             picked = [(e, t) for e, t in choices if _matches(ref, t)
                       or (isinstance(e.get("Config"), str) and _digest_match(ref, e["Config"]))]
@@ -311,7 +316,8 @@ def import_docker_archive(store: Any, path: str | os.PathLike[str], *, tag: str 
         if len(picked) != 1:
             listed = "; ".join(name_of(e, t) for e, t in choices)
             if ref is not None and not picked:
-                raise _bad(f"archive {label}", f"has no image {ref!r} (it holds: {listed})", fix="give one of those as ref=")
+                raise _bad(f"archive {label}", f"has no image {ref!r} (it holds: {listed})",
+                           fix="give one of those as ref=")
             raise _bad(f"archive {label}", f"holds {len(picked)} images: {listed}", fix="pick one with ref=")
         entry, repo_tags = picked[0]
         config: dict[str, Any] = {}
@@ -364,7 +370,8 @@ def import_oci(store: Any, path: str | os.PathLike[str], *, tag: str | None = No
             listed = "; ".join(",".join(n) + f" ({d['digest'][:19]})" if n else d["digest"][:19]
                                for d, n in candidates) or "none"
             if ref is not None and not picked:
-                raise _bad(f"OCI layout {label}", f"has no image {ref!r} (it holds: {listed})", fix="give one of those as ref=")
+                raise _bad(f"OCI layout {label}", f"has no image {ref!r} (it holds: {listed})",
+                           fix="give one of those as ref=")
             raise _bad(f"OCI layout {label}", f"holds {len(picked)} images: {listed}", fix="pick one with ref=")
         desc, names = picked[0]
         manifest = _blob_json(src, desc, label, "manifest")
@@ -399,7 +406,8 @@ def _descriptor(d: Any, label: str) -> dict[str, Any]:
 
 
 def _blob_path(d: dict[str, Any]) -> str:
-    return "blobs/sha256/" + d["digest"].partition(":")[2]     # validated by _descriptor
+    digest: str = d["digest"]                                  # validated by _descriptor
+    return "blobs/sha256/" + digest.partition(":")[2]
 
 
 def _blob_json(src: Any, d: dict[str, Any], label: str, what: str) -> Any:
@@ -428,7 +436,9 @@ def _manifests(src: Any, descs: list[Any], label: str, names: tuple[str, ...], d
         raise _bad(f"index of {label}", "nests indexes too deep")
     for d in descs:
         d = _descriptor(d, label)
-        ann = d.get("annotations") if isinstance(d.get("annotations"), dict) else {}
+        ann = d.get("annotations")
+        if not isinstance(ann, dict):
+            ann = {}
         own = tuple(str(ann[k]) for k in ("io.containerd.image.name", "org.opencontainers.image.ref.name")
                     if isinstance(ann.get(k), str)) or names
         mt = d.get("mediaType")
@@ -465,7 +475,7 @@ def _parse_time(value: Any) -> float | None:
     zone = m.group(8)
     offset = 0 if zone in ("Z", "z") else (1 if zone[0] == "+" else -1) * (int(zone[1:3]) * 3600 + int(zone[4:6]) * 60)
     try:
-        t = datetime.datetime(y, mo, d, hh, mi, ss, tzinfo=datetime.timezone.utc).timestamp()
+        t = datetime.datetime(y, mo, d, hh, mi, ss, tzinfo=datetime.UTC).timestamp()
     except ValueError:
         return None
     return t - offset + frac
@@ -500,7 +510,7 @@ class _Hashing:
                        fix="the archive is corrupt or was tampered with")
 
 
-def _chain(store: Any, steps: list[tuple[str, Any, str | None, int | None]], *, label: str, kind: str,
+def _chain(store: Any, steps: Sequence[tuple[str, Any, str | None, int | None]], *, label: str, kind: str,
            config: dict[str, Any], tag: str | None, compressed_digest: bool = False, **limits: Any) -> list[str]:
     """Import the layers in order, each on the previous; the top gets ``config`` and ``tag``. On any
     failure the layers already made are removed again (all or nothing)."""

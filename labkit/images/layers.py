@@ -41,8 +41,9 @@ import hashlib
 import os
 import stat
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 from .. import errors
 
@@ -93,7 +94,7 @@ class Digesting:
 
 def gzip_writer(f: BinaryIO, level: int = 6) -> gzip.GzipFile:
     """A gzip stream into ``f`` whose header holds no file name and mtime 0 (same input, same bytes)."""
-    return gzip.GzipFile(filename="", mode="wb", fileobj=f, compresslevel=level, mtime=0)  # type: ignore[arg-type]
+    return gzip.GzipFile(filename="", mode="wb", fileobj=f, compresslevel=level, mtime=0)
 
 
 def _xattrs(fd_or_path: int | str) -> dict[str, bytes]:
@@ -343,7 +344,7 @@ def write_layer(out: BinaryIO, new_root: str, old_root: str | None = None) -> La
         ofd = os.open(old_root, _DIR) if old_root is not None else None
         try:
             dev = os.fstat(nfd).st_dev
-            with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tf:   # type: ignore[call-overload]
+            with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tf:
                 w = _Writer(tf, stats)
                 root = _Entry(nfd, ".", os.fstat(nfd))
                 root._x = _xattrs(nfd)

@@ -8,8 +8,8 @@ from __future__ import annotations
 import re
 
 __all__ = ["SNAPSHOT_PREFIX", "BUILD_PREFIX", "VIEW_PREFIX", "L_IMAGE", "L_PARENT", "L_TAG", "L_CREATED_BY",
-           "L_COMMENT", "L_RECIPE", "L_BUILD", "L_VIEW", "TMP_DIR", "LEGACY_TMP", "CACHE_DIR", "CACHE_TMP", "UNMEASURED",
-           "FULL_ID_RE", "ID_RE"]
+           "L_COMMENT", "L_RECIPE", "L_BUILD", "L_VIEW", "TMP_DIR", "LEGACY_TMP", "CACHE_DIR", "CACHE_TMP",
+           "UNMEASURED", "FULL_ID_RE", "ID_RE"]
 
 #: an image's committed snapshot is ``img-<64 hex id>``
 SNAPSHOT_PREFIX = "img-"

@@ -38,7 +38,7 @@ def df_rows(parent: dict[str, str | None], layer: dict[str, int],
     ``exclusive = total - shared``; ``reclaimable`` = what removing the object now frees.
     """
     kids: dict[str, int] = {}
-    for i, p in parent.items():
+    for p in parent.values():
         if p:
             kids[p] = kids.get(p, 0) + 1
     objs: list[tuple[str, str, str, int, list[str], bool]] = []   # kind, name, snapshot, own, chain, in use

@@ -35,7 +35,8 @@ up to :data:`MAX_TRACE` bytes.
 
 >>> APPS["hello"].command
 ('hello',)
->>> sorted(parse_trace('7 openat(AT_FDCWD<\\\\x2f>, "\\\\x2f\\\\x65\\\\x74\\\\x63", O_RDONLY) = 3<\\\\x2f\\\\x65\\\\x74\\\\x63>'))
+>>> sorted(parse_trace('7 openat(AT_FDCWD<\\\\x2f>, "\\\\x2f\\\\x65\\\\x74\\\\x63", O_RDONLY) = '
+...                    '3<\\\\x2f\\\\x65\\\\x74\\\\x63>'))
 ['/etc']
 """
 from __future__ import annotations
@@ -52,7 +53,7 @@ import struct
 import subprocess
 import tempfile
 import time
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from .. import errors
 from .._sys.openat2 import RESOLVE_BENEATH, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS, openat2
@@ -107,7 +108,8 @@ class App:
             raise errors.InvalidArgument(f"command {self.command!r} of {self.name}", "must be a non-empty argv list",
                                          fix='e.g. ("python3", "-c", "print(4)")')
         if not self.expect:
-            raise errors.InvalidArgument(f"check of {self.name}", "expects nothing", fix="give text the output must contain")
+            raise errors.InvalidArgument(f"check of {self.name}", "expects nothing",
+                                         fix="give text the output must contain")
 
     def check(self, exit_code: int | None, output: str) -> bool:
         """The application's own check: it exited 0 and said what it should."""
@@ -116,7 +118,8 @@ class App:
 
 _HTTPD = ("busybox mkdir -p /srv/www; echo served by busybox httpd > /srv/www/index.html; "
           "busybox httpd -f -p 127.0.0.1:8080 -h /srv/www & "
-          "for i in 1 2 3 4 5 6 7 8 9 10; do busybox wget -q -O - http://127.0.0.1:8080/ && break; busybox sleep 0.2; done; "
+          "for i in 1 2 3 4 5 6 7 8 9 10; do "
+          "busybox wget -q -O - http://127.0.0.1:8080/ && break; busybox sleep 0.2; done; "
           "kill $!")
 
 #: applications that exist as Debian packages and whose check works offline
@@ -231,13 +234,15 @@ class PackageCache:
         opts = self._apt_options()
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C"}
         for args, what in ((["update"], f"apt-get update from {mirror}"),
-                           (["install", "--download-only", "-y", *packages], f"apt-get download of {' '.join(packages)}")):
+                           (["install", "--download-only", "-y", *packages],
+                            f"apt-get download of {' '.join(packages)}")):
             res = subprocess.run([apt_get, "-q", *opts, *args], capture_output=True, text=True, env=env,
                                  timeout=_APT_TIMEOUT)
             if res.returncode:
                 tail = " | ".join((res.stderr or res.stdout).strip().splitlines()[-3:])
-                raise errors.FailedPrecondition(what, f"failed: {tail}",
-                                                fix="check the package names and that the mirror is reachable (apt-get update)")
+                raise errors.FailedPrecondition(
+                    what, f"failed: {tail}",
+                    fix="check the package names and that the mirror is reachable (apt-get update)")
 
     def _index(self) -> None:
         """``Packages`` of a flat repository: each .deb's control fields plus Filename, Size, SHA256."""
@@ -259,7 +264,7 @@ class PackageCache:
         _write_atomic(os.path.join(self.debs, "Packages"), "\n".join(stanzas))
         _write_atomic(os.path.join(self.debs, "labkit.list"), f"deb [trusted=yes] file:{REPO_MOUNT} ./\n")
 
-    def _locked(self) -> "_Flock":
+    def _locked(self) -> _Flock:
         return _Flock(os.path.join(self.root, ".lock"))
 
     @property
@@ -273,7 +278,7 @@ class _Flock:
         self.path = path
         self.fd = -1
 
-    def __enter__(self) -> "_Flock":
+    def __enter__(self) -> _Flock:
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         fcntl.flock(self.fd, fcntl.LOCK_EX)
         return self
@@ -321,7 +326,8 @@ def trace_command(app: App) -> list[str]:
     parser), ``-y`` prints the path behind each fd. The trace goes to :data:`TRACE_MOUNT`; the
     container's output is the application's. Exit 97 means strace could not be installed."""
     script = (_apt_script(["strace"]) + " || exit 97; "
-              f"exec strace -f -qq -s 65535 -xx -y -o {TRACE_MOUNT}/{TRACE_FILE} -e trace=%file,%process,fchdir -- \"$@\"")
+              f"exec strace -f -qq -s 65535 -xx -y -o {TRACE_MOUNT}/{TRACE_FILE} "
+              "-e trace=%file,%process,fchdir -- \"$@\"")
     return ["sh", "-c", script, "sh", *app.command]
 
 
@@ -432,9 +438,8 @@ def parse_trace(text: str | bytes) -> set[str]:
             if not p.startswith("/"):
                 base = here
                 before = args[:pos].rstrip().rstrip(b",").rstrip()
-                last = None
-                for last in _DECOR.finditer(before):
-                    pass
+                decors = list(_DECOR.finditer(before))
+                last = decors[-1] if decors else None
                 if last is not None and last.end() == len(before) and last.group(2):
                     base = _hex(last.group(2))
                 p = os.path.join(base, p)
@@ -449,9 +454,9 @@ def parse_trace(text: str | bytes) -> set[str]:
         elif name == b"chdir" and strings:
             cwd[pid] = os.path.normpath(strings[0])
         elif name == b"fchdir":
-            m = _DECOR.search(args)
-            if m and m.group(2):
-                cwd[pid] = _hex(m.group(2))
+            fd_path = _DECOR.search(args)
+            if fd_path and fd_path.group(2):
+                cwd[pid] = _hex(fd_path.group(2))
     return {"/" + os.path.normpath(p).lstrip("/") for p in paths
             if p.startswith("/") and "\0" not in p and not p.endswith(" (deleted)")}
 

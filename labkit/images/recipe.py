@@ -49,6 +49,7 @@ NOT_IN_SUBSET = {
 #: a recipe larger than this is refused before it is parsed
 MAX_RECIPE = 1 << 20
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_REF_FIX = "write ${NAME}, ${NAME:-default} or ${NAME:+alt}"
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,7 @@ def _subst(text: str, i: int, env: dict[str, str], where: str) -> tuple[str, int
         body = text[i + 2:end]
         m = _NAME.match(body)
         if not m:
-            raise _bad(where, f"bad variable reference ${{{body[:40]}}}", fix="write ${NAME}, ${NAME:-default} or ${NAME:+alt}")
+            raise _bad(where, f"bad variable reference ${{{body[:40]}}}", fix=_REF_FIX)
         name, rest = m.group(0), body[m.end():]
         value = env.get(name)
         if rest == "":
@@ -161,7 +162,7 @@ def _subst(text: str, i: int, env: dict[str, str], where: str) -> tuple[str, int
             return (value if value else "".join(words(rest[2:], env, where, split=False))), end + 1
         if rest.startswith(":+"):
             return ("".join(words(rest[2:], env, where, split=False)) if value else ""), end + 1
-        raise _bad(where, f"bad variable reference ${{{body[:40]}}}", fix="write ${NAME}, ${NAME:-default} or ${NAME:+alt}")
+        raise _bad(where, f"bad variable reference ${{{body[:40]}}}", fix=_REF_FIX)
     m = _NAME.match(text, i + 1)
     if not m:
         return "$", i + 1

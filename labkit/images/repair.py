@@ -8,13 +8,27 @@ from __future__ import annotations
 
 import os
 import shutil
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 from .. import errors
 from .._sys.mounts import mounts_under
 from ..snapshots import Info, Kind
-from .layout import (CACHE_DIR, CACHE_TMP, FULL_ID_RE, L_BUILD, L_COMMENT, L_CREATED_BY, L_RECIPE, L_TAG, L_VIEW,
-                     LEGACY_TMP, SNAPSHOT_PREFIX, TMP_DIR)
+from .layout import (
+    CACHE_DIR,
+    CACHE_TMP,
+    FULL_ID_RE,
+    L_BUILD,
+    L_COMMENT,
+    L_CREATED_BY,
+    L_RECIPE,
+    L_TAG,
+    L_VIEW,
+    LEGACY_TMP,
+    SNAPSHOT_PREFIX,
+    TMP_DIR,
+)
 from .records import CheckReport
 from .reference import normalize
 from .safeio import confined
@@ -25,7 +39,7 @@ if TYPE_CHECKING:
 __all__ = ["check", "leftover_dirs"]
 
 
-def check(store: "ImageStore", *, repair: bool = False) -> CheckReport:
+def check(store: ImageStore, *, repair: bool = False) -> CheckReport:
     """Find (and with ``repair``, fix) what a crash left; see :meth:`ImageStore.check`."""
     problems: list[str] = []
     repairs: list[str] = []
@@ -50,7 +64,7 @@ def check(store: "ImageStore", *, repair: bool = False) -> CheckReport:
         for i in infos.values():
             if i.kind is not Kind.COMMITTED and (L_BUILD in i.labels or L_VIEW in i.labels):
                 found(f"unfinished {i.kind.value} snapshot {i.name}", f"remove snapshot {i.name}",
-                      lambda n=i.name: store.sn.remove(n))
+                      partial(store.sn.remove, i.name))
         orphans = sorted((i for i in infos.values() if i.kind is Kind.COMMITTED
                           and i.name.startswith(SNAPSHOT_PREFIX) and i.name not in rows),
                          key=lambda i: (i.created, i.name))
@@ -61,21 +75,21 @@ def check(store: "ImageStore", *, repair: bool = False) -> CheckReport:
                       f"snapshot {i.name} is not named img-<64 hex digits>; remove it by hand if it is not wanted")
                 continue
             found(f"snapshot {i.name} has no image row", f"register snapshot {i.name} as image {image_id[:12]}",
-                  lambda i=i: adopt(store, i))
+                  partial(adopt, store, i))
         for snap, img in rows.items():
             if snap not in infos:
                 found(f"image {img[:12]} has no snapshot", f"remove the row of image {img[:12]}",
-                      lambda img=img: forget(store, img))
+                      partial(forget, store, img))
         for img, snap in store.db.execute("SELECT id, snapshot FROM images WHERE size < 0").fetchall():
             if snap in infos:
                 found(f"image {img[:12]} has no measured size", f"measure image {img[:12]}",
-                      lambda img=img, snap=snap: store._set_size(img, store._measure(snap)))
+                      partial(_measure, store, img, snap))
     for path in leftover_dirs(store.root):
-        found(f"leftover directory {path}", f"remove directory {path}", lambda p=path: remove_leftover(store.root, p))
+        found(f"leftover directory {path}", f"remove directory {path}", partial(remove_leftover, store.root, path))
     return CheckReport(problems=tuple(problems), repairs=tuple(repairs))
 
 
-def adopt(store: "ImageStore", info: Info) -> None:
+def adopt(store: ImageStore, info: Info) -> None:
     """Register a committed ``img-<id>`` snapshot that has no row, from its parent and labels (its tag
     only if the tag is still free); never delete it: it may hold a container's only copy."""
     image_id = info.name[len(SNAPSHOT_PREFIX):]
@@ -101,12 +115,17 @@ def adopt(store: "ImageStore", info: Info) -> None:
     store._measure_best_effort(image_id, info.name)
 
 
-def forget(store: "ImageStore", image_id: str) -> None:
+def forget(store: ImageStore, image_id: str) -> None:
     """Drop the row (and tags) of an image whose snapshot is gone; its children lose their parent."""
     with store._tx() as db:
         db.execute("UPDATE images SET parent=NULL WHERE parent=?", (image_id,))
         db.execute("DELETE FROM tags WHERE image=?", (image_id,))
         db.execute("DELETE FROM images WHERE id=?", (image_id,))
+
+
+def _measure(store: ImageStore, image_id: str, snapshot: str) -> None:
+    """Record the size of an image whose size was never measured."""
+    store._set_size(image_id, store._measure(snapshot))
 
 
 def leftover_dirs(root: str) -> list[str]:

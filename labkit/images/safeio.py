@@ -21,8 +21,9 @@ from __future__ import annotations
 import os
 import stat
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 from .. import errors
 from .._sys.leftovers import inside
@@ -43,7 +44,8 @@ def confined(path: str | os.PathLike[str], root: str) -> str:
     real = os.path.realpath(path)
     if not inside(real, os.path.realpath(root)):
         raise errors.InvalidArgument(f"path {os.fspath(path)!r}", f"resolves to {real!r}, outside the image store "
-                                     f"at {root!r}", fix="labkit only creates, mounts on and removes paths in its store")
+                                     f"at {root!r}",
+                                     fix="labkit only creates, mounts on and removes paths in its store")
     return real
 
 
@@ -84,7 +86,7 @@ def atomic_output(dest: str | os.PathLike[str], *, mode: int = 0o600) -> Iterato
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
-            yield f      # type: ignore[misc]
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.rename(tmp, out)

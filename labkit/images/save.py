@@ -72,10 +72,10 @@ def _json(obj: Any) -> bytes:
 
 def _time(ts: float) -> str:
     """RFC 3339 in UTC with microseconds, as the image spec's ``created`` wants."""
-    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _name_for(store: "ImageStore", ref: str, image_id: str) -> str:
+def _name_for(store: ImageStore, ref: str, image_id: str) -> str:
     """The name written into the archive: ``ref`` when it is one of the image's tags; for an id, none."""
     tags = store._tags(image_id)
     try:
@@ -102,7 +102,7 @@ def _layer_blob(scratch: str, n: int, root: str, parent_root: str | None, compre
     return _Blob(path, blob.digest, blob.n, diff.digest, media), stats.entries
 
 
-def _config(store: "ImageStore", chain: list[Any], diff_ids: list[str], empty: list[bool]) -> dict[str, Any]:
+def _config(store: ImageStore, chain: list[Any], diff_ids: list[str], empty: list[bool]) -> dict[str, Any]:
     top = chain[-1]
     os_, arch = host_platform()
     history = []
@@ -150,7 +150,7 @@ def _write_oci(f: BinaryIO, blobs: list[_Blob], config: bytes, manifest: bytes, 
         cfg_hex.digest[7:]: (None, config, len(config)), man.digest[7:]: (None, manifest, len(manifest))}
     for b in blobs:
         entries.setdefault(b.digest[7:], (b.path, None, b.size))
-    with tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tf:   # type: ignore[call-overload]
+    with tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tf:
         tf.addfile(_tarinfo("blobs", directory=True))
         tf.addfile(_tarinfo("blobs/sha256", directory=True))
         for hexd in sorted(entries):
@@ -169,7 +169,7 @@ def _write_docker(f: BinaryIO, blobs: list[_Blob], config: bytes, name: str) -> 
     cfg.write(config)
     manifest = _json([{"Config": f"{cfg.digest[7:]}.json", "RepoTags": [name] if name else [],
                        "Layers": [f"{b.digest[7:]}.tar" for b in blobs]}])
-    with tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tf:   # type: ignore[call-overload]
+    with tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tf:
         _add_bytes(tf, f"{cfg.digest[7:]}.json", config)
         done: set[str] = set()
         for b in sorted(blobs, key=lambda b: b.digest):
@@ -179,7 +179,7 @@ def _write_docker(f: BinaryIO, blobs: list[_Blob], config: bytes, name: str) -> 
         _add_bytes(tf, "manifest.json", manifest)
 
 
-def save(store: "ImageStore", ref: str, path: str | os.PathLike[str], *, format: str = "oci-archive",
+def save(store: ImageStore, ref: str, path: str | os.PathLike[str], *, format: str = "oci-archive",
          compress: str | None = None) -> SaveReport:
     """Write image ``ref`` to ``path``; see the module docstring and :meth:`ImageStore.save`."""
     if format not in FORMATS:

@@ -76,8 +76,8 @@ def debian_tarball(cache_dir: str, *, suite: str = "bookworm", variant: str = "m
     work = tempfile.mkdtemp(prefix=".tmp-", dir=cache_dir)
     try:
         tmp = os.path.join(work, "out.tar")
-        res = subprocess.run([tool, "--quiet", f"--variant={variant}", "--mode=root", "--format=tar", suite, tmp, mirror],
-                             capture_output=True, text=True, timeout=timeout)
+        res = subprocess.run([tool, "--quiet", f"--variant={variant}", "--mode=root", "--format=tar",
+                              suite, tmp, mirror], capture_output=True, text=True, timeout=timeout)
         if res.returncode:
             tail = " | ".join(res.stderr.strip().splitlines()[-3:])
             raise errors.FailedPrecondition(f"mmdebstrap {suite} from {mirror}", f"failed: {tail}",

@@ -49,10 +49,9 @@ import shutil
 import stat
 import tarfile
 from dataclasses import dataclass, field
-from typing import BinaryIO
 
 from .. import errors
-from .archive import TarStream, open_tar
+from .archive import Readable, TarStream, open_tar
 
 __all__ = ["extract", "ExtractResult", "Limits", "space_limits", "DEFAULT_LIMITS", "PRIVILEGED_XATTRS"]
 
@@ -183,7 +182,8 @@ def _open_parent(root_fd: int, parts: list[str], member: str, *, create: bool) -
             except OSError as e:
                 if e.errno in (errno.ELOOP, errno.ENOTDIR):
                     kind = "a symlink" if stat.S_ISLNK(os.lstat(comp, dir_fd=fd).st_mode) else "not a directory"
-                    raise _bad(member, f"its path component {comp!r} is {kind}; labkit never writes through it")
+                    raise _bad(member,
+                               f"its path component {comp!r} is {kind}; labkit never writes through it") from None
                 raise
             os.close(fd)
             fd = nfd
@@ -217,7 +217,7 @@ def _climbs_out(parts: list[str], target: str) -> bool:
     return False
 
 
-def extract(archive: str | os.PathLike[str] | BinaryIO, root: str | os.PathLike[str], *,
+def extract(archive: str | os.PathLike[str] | Readable, root: str | os.PathLike[str], *,
             allow_devices: bool = False, keep_setuid: bool = False, keep_privileged_xattrs: bool = False,
             same_owner: bool = True, whiteouts: bool = False, max_member_size: int | None = None,
             max_total_size: int | None = None, max_members: int | None = None, max_name: int | None = None,

@@ -15,8 +15,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .._sys.probe import fs_type, has_filesystem, is_root
 from .._sys.fs import exclusive_usage, require_binary, run
+from .._sys.probe import fs_type, has_filesystem, is_root
 from .base import BaseSnapshotter, Kind, Mount, Row, Usage
 from .loopfs import LoopFSBacked
 

@@ -65,11 +65,11 @@ class SnapshotBlock:
 class PoolBacked(Protocol):
     """A backend whose snapshots are thin devices of one pool (``thin``, ``dmthin``)."""
 
-    def pool_status(self) -> "Status":
+    def pool_status(self) -> Status:
         """The pool's status (``str()`` of it is the dm-thin status line; ``.explain()`` says it in words)."""
         ...
 
-    def pool_check(self) -> "CheckReport":
+    def pool_check(self) -> CheckReport:
         """A consistency check of the pool's metadata (``ok`` and ``problems``)."""
         ...
 

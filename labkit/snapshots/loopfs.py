@@ -25,13 +25,14 @@ import fcntl
 import hashlib
 import os
 import subprocess
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 from .. import errors
 from .._sys import loop, mounts
-from ..units import parse_size
 from .._sys.fs import run
+from ..units import parse_size
 from .capabilities import StoreSpace
 from .mount import unmount
 
@@ -190,7 +191,9 @@ class LoopFSBacked:
     def store_space(self) -> StoreSpace:
         """Blocks in use on the loop-file filesystem (synced first), or the default count without one."""
         if self.loopfs is None:
-            return super().store_space()  # type: ignore[misc]
+            # the backend class after this mixin in the MRO (mypy sees object)
+            space: StoreSpace = super().store_space()  # type: ignore[misc]
+            return space
         fd = os.open(self.loopfs.mountpoint, os.O_RDONLY)
         try:
             os.fsync(fd)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import subprocess
 
-from .._sys.probe import fs_type, has_filesystem, is_root
 from .._sys.fs import exclusive_usage, require_binary
+from .._sys.probe import fs_type, has_filesystem, is_root
 from .base import Usage
 from .copy import CopySnapshotter
 from .loopfs import LoopFSBacked

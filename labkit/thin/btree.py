@@ -21,9 +21,15 @@ sibling or merges with it, and a root left with one child absorbs it, so trees s
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from typing import Iterator
+from collections.abc import Iterator
+from typing import cast
 
 from .metadata import KIND_MAPPING, Node, TransactionManager
+
+#: a leaf's value: one word ``(data block << 24) | time`` in a mapping tree (``KIND_MAPPING``), a tuple
+#: of DeviceDetails words in the device tree (which kind a tree is, its caller knows: see
+#: :func:`mapping_lookup` and :func:`mapping_items`)
+Value = int | tuple[int, ...]
 
 
 def empty_tree(tm: TransactionManager, kind: int, width: int) -> int:
@@ -31,7 +37,7 @@ def empty_tree(tm: TransactionManager, kind: int, width: int) -> int:
     return tm.new_node(True, kind, width).block
 
 
-def lookup(tm: TransactionManager, root: int, key: int) -> tuple[object | None, bool]:
+def lookup(tm: TransactionManager, root: int, key: int) -> tuple[Value | None, bool]:
     """Return ``(value, shared)``: the value (None if absent) and whether any node on the path has
     more than one reference (then the value is reachable from another tree too)."""
     counts = tm.meta_sm.counts
@@ -52,11 +58,16 @@ def lookup(tm: TransactionManager, root: int, key: int) -> tuple[object | None, 
     return None, shared
 
 
-def _dec_value(tm: TransactionManager, node: Node, value: object) -> None:
+def mapping_lookup(tm: TransactionManager, root: int, key: int) -> tuple[int | None, bool]:
+    """:func:`lookup` in a mapping tree, whose values are ints."""
+    return cast("tuple[int | None, bool]", lookup(tm, root, key))
+
+
+def _dec_value(tm: TransactionManager, node: Node, value: Value) -> None:
     if node.kind == KIND_MAPPING:
-        tm.data_sm.dec(value >> 24)  # type: ignore[operator]
+        tm.data_sm.dec(cast(int, value) >> 24)
     else:
-        del_tree(tm, value[0])  # type: ignore[index]
+        del_tree(tm, cast("tuple[int, ...]", value)[0])
 
 
 def _split(tm: TransactionManager, node: Node) -> Node:
@@ -82,8 +93,8 @@ def _split_beneath(tm: TransactionManager, node: Node) -> None:
     node.values = [left.block, right.block]
 
 
-def insert(tm: TransactionManager, root: int, key: int, value: object,
-           *, dec_old: bool = True) -> tuple[int, object | None]:
+def insert(tm: TransactionManager, root: int, key: int, value: Value,
+           *, dec_old: bool = True) -> tuple[int, Value | None]:
     """Insert or replace ``key``; return ``(new_root, old_value)``.
 
     The caller has already taken the reference that ``value`` carries; a replaced value loses its
@@ -121,7 +132,7 @@ def insert(tm: TransactionManager, root: int, key: int, value: object,
     return new_root, None
 
 
-def remove(tm: TransactionManager, root: int, key: int, *, dec: bool = True) -> tuple[int, object | None]:
+def remove(tm: TransactionManager, root: int, key: int, *, dec: bool = True) -> tuple[int, Value | None]:
     """Remove ``key`` (dropping its value's reference unless ``dec`` is False); return
     ``(new_root, old_value)``."""
     value, _ = lookup(tm, root, key)
@@ -204,7 +215,7 @@ def del_tree(tm: TransactionManager, root: int) -> None:
             stack.extend(v[0] for v in node.values)
 
 
-def items(tm: TransactionManager, root: int, lo: int = 0) -> Iterator[tuple[int, object]]:
+def items(tm: TransactionManager, root: int, lo: int = 0) -> Iterator[tuple[int, Value]]:
     """All ``(key, value)`` pairs with key >= ``lo``, in key order."""
     node = tm.read(root)
     if node.leaf:
@@ -214,6 +225,11 @@ def items(tm: TransactionManager, root: int, lo: int = 0) -> Iterator[tuple[int,
     start = max(bisect_right(node.keys, lo) - 1, 0)
     for b in node.values[start:]:
         yield from items(tm, b, lo)
+
+
+def mapping_items(tm: TransactionManager, root: int, lo: int = 0) -> Iterator[tuple[int, int]]:
+    """:func:`items` of a mapping tree, whose values are ints."""
+    return cast("Iterator[tuple[int, int]]", items(tm, root, lo))
 
 
 def depth(tm: TransactionManager, root: int) -> int:

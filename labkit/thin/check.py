@@ -15,8 +15,8 @@ its snapshots holds one reference, exactly as in the kernel's space map.
 from __future__ import annotations
 
 from array import array
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from .btree import items
 from .metadata import KIND_DEVICES, KIND_MAPPING, MetadataError, Superblock, TransactionManager

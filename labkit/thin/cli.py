@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 from ..errors import FailedPrecondition, InvalidArgument
 from .client import PoolClient
@@ -134,7 +135,7 @@ def cmd_dump(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``thin`` command group (check, status, ls, dump) to ``subparsers``."""
     thin = subparsers.add_parser("thin", help="inspect a labkit thin pool (like thin-provisioning-tools)")
     sub = thin.add_subparsers(dest="thin_command", metavar="COMMAND")

@@ -95,7 +95,7 @@ class PoolClient:
         self._loop_lock = threading.Lock()
         self._held: dict[int, tuple[str, int]] = {}   # dev id -> (loop device, our open fd on it)
 
-    def __enter__(self) -> "PoolClient":
+    def __enter__(self) -> PoolClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -127,7 +127,7 @@ class PoolClient:
                 os.close(ctl)
             try:  # one starter at a time; the others find the daemon up when they get the lock
                 self._flock(lock, deadline)
-                proc: subprocess.Popen | None = None
+                proc: subprocess.Popen[bytes] | None = None
                 while not self._try_connect():
                     if proc is not None and proc.returncode not in (None, 0):
                         raise self._did_not_start(f"exited with status {proc.returncode}")
@@ -188,7 +188,7 @@ class PoolClient:
         self._info = info
         return True
 
-    def _spawn(self) -> subprocess.Popen:
+    def _spawn(self) -> subprocess.Popen[bytes]:
         """Start the daemon isolated from this process: ``python -I`` (no PYTHON* variables, no cwd or
         script directory on sys.path; labkit comes from :data:`_LABKIT_PARENT` only), cwd ``/``, a minimal
         environment, stdin ``/dev/null``, output to ``daemon.log``, its own session."""
@@ -229,7 +229,7 @@ class PoolClient:
                     pass
         self._sock = self._file = None
 
-    def _exchange(self, op: str, args: tuple) -> dict[str, Any]:
+    def _exchange(self, op: str, args: tuple[Any, ...]) -> dict[str, Any]:
         sent = True
         try:
             self._file.write(wire.encode({"op": op, "args": list(args)}))
@@ -312,7 +312,7 @@ class PoolClient:
                 while sock.recv(4096):  # the daemon closes our connection by exiting
                     pass
                 gone = True
-            except (socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 gone = False
             self._drop()
             return gone

@@ -80,9 +80,10 @@ class Daemon:
     def _serve(self, server: socket.socket) -> None:
         server.setblocking(False)
         last_busy = time.monotonic()
+        watched: list[socket.socket | int] = [server, self._wake_r]
         try:
             while not self.stopping.is_set():
-                readable, _, _ = select.select([server, self._wake_r], [], [], 0.2)
+                readable, _, _ = select.select(watched, [], [], 0.2)
                 if self._wake_r in readable:
                     break
                 try:
@@ -170,7 +171,8 @@ class Daemon:
                 req = json.loads(line)
             except ValueError:
                 raise errors.InvalidArgument("thin pool daemon request", "is not JSON") from None
-            if not isinstance(req, dict) or not isinstance(req.get("op"), str) or not isinstance(req.get("args", []), list):
+            if (not isinstance(req, dict) or not isinstance(req.get("op"), str)
+                    or not isinstance(req.get("args", []), list)):
                 raise errors.InvalidArgument("thin pool daemon request", "needs a string op and a list of args")
             op, args = req["op"], req.get("args", [])
             try:

@@ -27,7 +27,8 @@ import os
 import stat
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .pool import Pool
 
@@ -192,7 +193,7 @@ class PoolFS(mfusepy.Operations):
         except OSError as e:
             raise self._oserror(e) from None
 
-    def write(self, path: str, data: bytes | memoryview, offset: int, fh: int) -> int:
+    def write(self, path: str | None, data: bytes | memoryview, offset: int, fh: int) -> int:
         dev = self.pool.device(fh)
         if offset + len(data) > dev.size:
             raise mfusepy.FuseOSError(errno.ENOSPC if offset < dev.size else errno.EFBIG)
@@ -266,6 +267,8 @@ class PoolFUSE(mfusepy.FUSE):
     """mfusepy's FUSE with a read and a write that copy nothing in Python: the read fills libfuse's reply
     buffer in place, the write passes libfuse's request buffer on as a ``memoryview`` (valid only during
     the call: the pool never keeps it)."""
+
+    operations: PoolFS          # set by mfusepy.FUSE.__init__ (untyped): the PoolFS it mounts
 
     def open(self, path: bytes, fip: Any) -> int:
         """Keep the kernel's page cache of a device file across opens (``keep_cache``; what the

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import select
 import signal
+from functools import partial
 
 from .._sys import leftovers
 from .._sys.leftovers import Leftover, collector, inside
@@ -71,5 +72,5 @@ def _terminate(pid: int) -> None:
 @collector(order=leftovers.PROCESSES)
 def daemon_leftovers(root: str, everything: bool) -> list[Leftover]:
     """Thin pool daemons (FUSE) serving a pool inside the store."""
-    return [Leftover("process", str(pid), args, (lambda p=pid: _terminate(p)))
+    return [Leftover("process", str(pid), args, partial(_terminate, pid))
             for pid, args in pool_daemons(root, everything)]

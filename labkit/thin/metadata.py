@@ -28,6 +28,7 @@ import zlib
 from array import array
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import FailedPrecondition
 from .spacemap import CHUNK, NoSpace, SpaceMap
@@ -61,7 +62,8 @@ class NoMetadataSpace(Exception):
 
 
 class Node:
-    """One B-tree node. ``values`` hold ints (width 1) or tuples of ``width`` ints.
+    """One B-tree node. ``values`` hold child blocks (internal nodes), or ints (width 1) or tuples of
+    ``width`` ints (leaves): typed ``Any``, as only ``leaf`` and ``width`` say which.
 
     >>> n = Node(5, True, KIND_MAPPING, 1, [1, 2], [10, 20]); Node.decode(n.encode(), 5).keys
     [1, 2]
@@ -69,7 +71,7 @@ class Node:
 
     __slots__ = ("block", "leaf", "kind", "width", "keys", "values")
 
-    def __init__(self, block: int, leaf: bool, kind: int, width: int, keys: list[int], values: list) -> None:
+    def __init__(self, block: int, leaf: bool, kind: int, width: int, keys: list[int], values: list[Any]) -> None:
         self.block = block
         self.leaf = leaf
         self.kind = kind
@@ -82,7 +84,7 @@ class Node:
         """How many entries fit in a 4 KiB node whose values are ``width`` u64 words."""
         return (BLOCK - NODE_HDR_SIZE) // (8 + 8 * width)
 
-    def copy(self, block: int) -> "Node":
+    def copy(self, block: int) -> Node:
         return Node(block, self.leaf, self.kind, self.width, list(self.keys), list(self.values))
 
     def encode(self) -> bytes:
@@ -105,7 +107,7 @@ class Node:
         return bytes(raw)
 
     @staticmethod
-    def decode(raw: bytes, block: int) -> "Node":
+    def decode(raw: bytes, block: int) -> Node:
         csum, magic, leaf, kind, width, n, _mx, blocknr = NODE_HDR.unpack_from(raw, 0)
         if magic != NODE_MAGIC or csum != zlib.crc32(memoryview(raw)[4:]) or blocknr != block:
             raise MetadataError(f"thin pool metadata block {block}", "is not a valid B-tree node (checksum)",
@@ -117,7 +119,7 @@ class Node:
             words.byteswap()
         keys = words[:n].tolist()
         if vw == 1:
-            values: list = words[n:].tolist()
+            values: list[Any] = words[n:].tolist()
         else:
             flat = words[n:].tolist()
             values = [tuple(flat[i:i + vw]) for i in range(0, len(flat), vw)]
@@ -161,7 +163,7 @@ class Superblock:
         return bytes(raw)
 
     @staticmethod
-    def decode(raw: bytes, where: str) -> "Superblock":
+    def decode(raw: bytes, where: str) -> Superblock:
         fix = "restore it from a dump (`labkit thin dump`) or recreate the pool"
         if len(raw) < BLOCK:
             raise MetadataError(f"thin pool {where}", "has no superblock (metadata file too short)", fix=fix)

@@ -23,15 +23,26 @@ import sys
 import threading
 import time as _time
 import uuid as _uuid
-from typing import IO, Any, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import IO, Any, cast
 
 from .._sys.libc import libc
 from ..errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from ..units import parse_size
 from . import btree
 from .check import CheckReport, check_metadata
-from .metadata import (BLOCK, KIND_DEVICES, KIND_MAPPING, NEEDS_CHECK, MetadataError, NoMetadataSpace,
-                       Superblock, TransactionManager, index_capacity, load_spacemap)
+from .metadata import (
+    BLOCK,
+    KIND_DEVICES,
+    KIND_MAPPING,
+    NEEDS_CHECK,
+    MetadataError,
+    NoMetadataSpace,
+    Superblock,
+    TransactionManager,
+    index_capacity,
+    load_spacemap,
+)
 from .records import DEVICE_WIDTH, BlockInfo, DeviceDetails, PoolFull, Status, Usage
 from .spacemap import NoSpace, SpaceMap
 from .xml import XmlDevice, XmlDeviceEnd, XmlMapping, XmlSuperblock, read_xml, write_xml
@@ -78,8 +89,8 @@ class Pool:
     """
 
     def __init__(self, path: str, *, low_water_mark: int | None = None, error_if_no_space: bool = True,
-                 on_low_water: Callable[["Pool"], None] | None = None, commit_interval: float | None = 1.0,
-                 lock_wait: float = 0.0, _create: dict | None = None) -> None:
+                 on_low_water: Callable[[Pool], None] | None = None, commit_interval: float | None = 1.0,
+                 lock_wait: float = 0.0, _create: dict[str, int] | None = None) -> None:
         self.path = os.path.abspath(path)
         self.low_water_mark = low_water_mark
         self.error_if_no_space = error_if_no_space
@@ -148,8 +159,8 @@ class Pool:
     @classmethod
     def create(cls, path: str, *, data_size: int | str, block_size: int | str = "64K",
                low_water_mark: int | None = None, error_if_no_space: bool = True,
-               on_low_water: Callable[["Pool"], None] | None = None, metadata_size: int | str | None = None,
-               node_capacity: int | None = None, commit_interval: float | None = 1.0) -> "Pool":
+               on_low_water: Callable[[Pool], None] | None = None, metadata_size: int | str | None = None,
+               node_capacity: int | None = None, commit_interval: float | None = 1.0) -> Pool:
         """Make a new pool directory ``path`` with an empty transaction 0.
 
         ``data_size`` is rounded down to whole blocks (at least one). ``node_capacity`` caps the
@@ -185,8 +196,8 @@ class Pool:
 
     @classmethod
     def open(cls, path: str, *, low_water_mark: int | None = None, error_if_no_space: bool = True,
-             on_low_water: Callable[["Pool"], None] | None = None,
-             commit_interval: float | None = 1.0, lock_wait: float = 0.0) -> "Pool":
+             on_low_water: Callable[[Pool], None] | None = None,
+             commit_interval: float | None = 1.0, lock_wait: float = 0.0) -> Pool:
         """Open an existing pool at its last committed transaction.
 
         Raises :class:`NotFound` if there is no pool and :class:`~labkit.errors.FailedPrecondition`
@@ -233,7 +244,7 @@ class Pool:
         self.tm = TransactionManager(self._mfd, meta_sm, data_sm, sb.node_capacity)
         self._devs = {}
         for key, v in btree.items(self.tm, sb.device_root):
-            self._devs[key] = DeviceDetails(*v)  # type: ignore[misc]
+            self._devs[key] = DeviceDetails(*cast("tuple[int, ...]", v))   # the device tree's values
         self._dirty_devs = set()
         self._deleted = set()
         self._changed = False
@@ -259,7 +270,7 @@ class Pool:
         """The pool's snapshot clock (incremented by each snapshot; stamped on new mappings)."""
         return self.sb.time
 
-    def __enter__(self) -> "Pool":
+    def __enter__(self) -> Pool:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -356,7 +367,7 @@ class Pool:
             self._deleted.add(dev_id)
             self._changed = True
 
-    def device(self, dev_id: int) -> "Device":
+    def device(self, dev_id: int) -> Device:
         """A handle for reading and writing thin device ``dev_id``."""
         with self._lock:
             self._check_open()
@@ -469,12 +480,12 @@ class Pool:
                 while pos < length:
                     vb, boff = divmod(offset + pos, bs)
                     n = min(bs - boff, length - pos)
-                    val, shared = btree.lookup(tm, d.root, vb)
+                    val, shared = btree.mapping_lookup(tm, d.root, vb)
                     if val is not None:
-                        db = val >> 24  # type: ignore[operator]
+                        db = val >> 24
                         # in place only if mapped since the device's last snapshot (dm-thin's test, which
                         # also keeps committed blocks of other devices safe) and really unshared now
-                        if (val & TIME_MASK) >= snap_time and not shared and dsm_counts[db] == 1:  # type: ignore
+                        if (val & TIME_MASK) >= snap_time and not shared and dsm_counts[db] == 1:
                             target = db * bs + boff
                         else:
                             nb = self._alloc_data(flush)  # shared: break sharing
@@ -544,11 +555,11 @@ class Pool:
             while pos < length:
                 vb, boff = divmod(offset + pos, bs)
                 n = min(bs - boff, length - pos)
-                val, _ = btree.lookup(tm, d.root, vb)
+                val, _ = btree.mapping_lookup(tm, d.root, vb)
                 if val is None:
                     out[pos:pos + n] = zeros[:n]
                 else:
-                    src = (val >> 24) * bs + boff  # type: ignore[operator]
+                    src = (val >> 24) * bs + boff
                     last = runs[-1] if runs else None
                     if last is not None and last[0] + last[2] == src and last[1] + last[2] == pos:
                         last[2] += n
@@ -685,14 +696,14 @@ class Pool:
         with self._lock:
             self._check_open()
             d = self._details(dev_id)
-            return [(k, v >> 24, v & TIME_MASK) for k, v in btree.items(self.tm, d.root)]  # type: ignore
+            return [(k, v >> 24, v & TIME_MASK) for k, v in btree.mapping_items(self.tm, d.root)]
 
     def _logical_refs(self) -> dict[int, int]:
         refs: dict[int, int] = {}
         get = refs.get
-        for dev_id, d in self._devs.items():
-            for _k, v in btree.items(self.tm, d.root):
-                b = v >> 24  # type: ignore[operator]
+        for d in self._devs.values():
+            for _k, v in btree.mapping_items(self.tm, d.root):
+                b = v >> 24
                 refs[b] = get(b, 0) + 1
         return refs
 
@@ -704,7 +715,7 @@ class Pool:
             self._check_open()
             d = self._details(dev_id)
             refs = self._logical_refs()
-            excl = sum(1 for _k, v in btree.items(self.tm, d.root) if refs[v >> 24] == 1)  # type: ignore
+            excl = sum(1 for _k, v in btree.mapping_items(self.tm, d.root) if refs[v >> 24] == 1)
             return Usage(d.mapped_blocks, excl, d.mapped_blocks - excl)
 
     def usages(self) -> dict[int, Usage]:
@@ -721,7 +732,7 @@ class Pool:
             out = {}
             for dev_id in sorted(self._devs):
                 d = self._devs[dev_id]
-                excl = sum(1 for _k, v in btree.items(self.tm, d.root) if refs[v >> 24] == 1)  # type: ignore
+                excl = sum(1 for _k, v in btree.mapping_items(self.tm, d.root) if refs[v >> 24] == 1)
                 out[dev_id] = Usage(d.mapped_blocks, excl, d.mapped_blocks - excl)
             return out
 
@@ -733,8 +744,8 @@ class Pool:
             refs = self._logical_refs()
             n = -(-d.virtual_size // self.block_size)
             out = [BlockInfo("unmapped", None)] * n
-            for k, v in btree.items(self.tm, d.root):
-                b = v >> 24  # type: ignore[operator]
+            for k, v in btree.mapping_items(self.tm, d.root):
+                b = v >> 24
                 out[k] = BlockInfo("exclusive" if refs[b] == 1 else "shared", b)
             return out
 
@@ -750,13 +761,13 @@ class Pool:
         """
         with self._lock:
             self._check_open()
-            mine = [(k, v >> 24) for k, v in btree.items(self.tm, self._details(dev_id).root)]  # type: ignore
-            wanted = {db: [] for _vb, db in mine}  # type: dict[int, list[int]]
+            mine = [(k, v >> 24) for k, v in btree.mapping_items(self.tm, self._details(dev_id).root)]
+            wanted: dict[int, list[int]] = {db: [] for _vb, db in mine}
             for other in sorted(self._devs):
                 if other == dev_id:
                     continue
-                for _k, v in btree.items(self.tm, self._devs[other].root):
-                    sharers = wanted.get(v >> 24)  # type: ignore[operator]
+                for _k, v in btree.mapping_items(self.tm, self._devs[other].root):
+                    sharers = wanted.get(v >> 24)
                     if sharers is not None and (not sharers or sharers[-1] != other):
                         sharers.append(other)
             return [(vb, db, tuple(wanted[db])) for vb, db in mine]
@@ -792,7 +803,7 @@ class Pool:
             def devices() -> Iterator[tuple[int, XmlDevice, Iterator[tuple[int, int, int]]]]:
                 for dev_id in sorted(self._devs):
                     d = self._devs[dev_id]
-                    maps = ((k, v >> 24, v & TIME_MASK) for k, v in btree.items(self.tm, d.root))  # type: ignore
+                    maps = ((k, v >> 24, v & TIME_MASK) for k, v in btree.mapping_items(self.tm, d.root))
                     yield dev_id, XmlDevice(dev_id, d.mapped_blocks, d.transaction_id, d.creation_time,
                                             d.snap_time), maps
 
@@ -800,7 +811,7 @@ class Pool:
 
     @classmethod
     def restore_xml(cls, fp: IO[Any], path: str, *, virtual_sizes: Mapping[int, int | str] | None = None,
-                    **pool_options: Any) -> "Pool":
+                    **pool_options: Any) -> Pool:
         """Create a new pool at ``path`` holding the mappings and reference counts described by the
         thin_dump XML in ``fp``; returned open.
 

@@ -26,7 +26,7 @@ class PoolFull(FailedPrecondition, OSError):
         self.strerror = str(self.args[0]) if self.args else os.strerror(errno.ENOSPC)
 
     def __str__(self) -> str:
-        return self.strerror
+        return self.strerror or FailedPrecondition.__str__(self)
 
 
 @dataclass
@@ -128,7 +128,7 @@ class Status:
         ])
 
     @classmethod
-    def parse(cls, line: str, *, low_water_mark: int | None = None) -> "Status":
+    def parse(cls, line: str, *, low_water_mark: int | None = None) -> Status:
         """Read a status line back: ``str()`` of a Status, or what ``dmsetup status POOL`` prints for a
         kernel thin-pool (with its ``<start> <length> thin-pool`` prefix, ``ignore_discard`` or
         ``discard_passdown``, and the trailing metadata low-water threshold of newer kernels).

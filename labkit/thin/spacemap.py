@@ -38,7 +38,7 @@ class SpaceMap:
     __slots__ = ("counts", "nr_blocks", "nr_free", "_new", "_freed", "_dirty", "_cursor",
                  "chunk_locs", "chunk_crcs", "index_locs", "ops")
 
-    def __init__(self, nr_blocks: int, counts: array | None = None) -> None:
+    def __init__(self, nr_blocks: int, counts: array[int] | None = None) -> None:
         self.nr_blocks = nr_blocks
         self.counts = counts if counts is not None else array("I", bytes(4 * nr_blocks))
         if len(self.counts) != nr_blocks:

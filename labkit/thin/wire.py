@@ -24,6 +24,7 @@ that :func:`decode_error` rebuilds the same exception with its own constructor.
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import socket
@@ -108,7 +109,7 @@ def encode(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
 
 
-def read_line(f: Any) -> bytes | None:
+def read_line(f: io.BufferedIOBase) -> bytes | None:
     """The next line from the binary file ``f``: ``b""`` at EOF, None when it is longer than
     :data:`MAX_LINE` (the caller refuses it and drops the connection)."""
     line = f.readline(MAX_LINE + 1)
@@ -140,7 +141,8 @@ def decode_error(err: Any) -> Exception:
         return LabkitError("thin pool daemon", "sent a malformed error", fix="see daemon.log in the pool directory")
     if err.get("type") == "OSError":
         code = err.get("errno")
-        return OSError(code if isinstance(code, int) else errno.EIO, _text(err.get("message")) or "thin pool daemon error")
+        return OSError(code if isinstance(code, int) else errno.EIO,
+                       _text(err.get("message")) or "thin pool daemon error")
     cls = _KINDS.get(str(err.get("type")), LabkitError)
     subject = _text(err.get("subject")) or _text(err.get("message")) or "thin pool daemon error"
     detail, fix = _text(err.get("detail")), _text(err.get("fix"))

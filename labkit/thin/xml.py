@@ -26,8 +26,9 @@ device, its details and its mappings; :func:`read_xml` yields :class:`XmlSuperbl
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import IO, Iterable, Iterator, Union
+from typing import IO
 
 from ..errors import InvalidArgument
 
@@ -77,7 +78,7 @@ class XmlDeviceEnd:
     dev_id: int
 
 
-XmlRecord = Union[XmlSuperblock, XmlDevice, XmlMapping, XmlDeviceEnd]
+XmlRecord = XmlSuperblock | XmlDevice | XmlMapping | XmlDeviceEnd
 
 
 def write_xml(fp: IO[str], sb: XmlSuperblock,
@@ -126,7 +127,7 @@ def _int(el: ET.Element, name: str) -> int:
     return n
 
 
-def read_xml(fp: IO) -> Iterator[XmlRecord]:
+def read_xml(fp: IO[str] | IO[bytes]) -> Iterator[XmlRecord]:
     """Parse thin_dump XML from ``fp`` into records, checking structure (a device inside the superblock,
     mappings inside a device) and numbers. Raises :class:`~labkit.errors.InvalidArgument` naming the
     problem; never builds the whole document in memory."""
@@ -155,7 +156,8 @@ def read_xml(fp: IO) -> Iterator[XmlRecord]:
                     o, db, n = _int(el, "origin_begin"), _int(el, "data_begin"), _int(el, "length")
                 t = _int(el, "time")
                 if t > TIME_MASK:
-                    raise InvalidArgument(f"thin_dump XML mapping time {t}", "does not fit 24 bits", fix="check the file")
+                    raise InvalidArgument(f"thin_dump XML mapping time {t}", "does not fit 24 bits",
+                                          fix="check the file")
                 yield XmlMapping(o, db, n, t)
             elif event == "end" and el.tag == "device" and dev is not None:
                 yield XmlDeviceEnd(dev)

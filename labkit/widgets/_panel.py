@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import html
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import ipywidgets as w
 import pandas as pd
@@ -73,7 +74,7 @@ class Panel(w.VBox):
             self.status.value = error_html(e)
             return None
 
-    def button(self, label: str, fn: Callable[[], Any], **kw: Any) -> w.Button:
+    def make_button(self, label: str, fn: Callable[[], Any], **kw: Any) -> w.Button:
         """A button whose click runs ``fn`` through :meth:`guard`."""
         b = w.Button(description=label, **kw)
         b.on_click(lambda _b: self.guard(fn))

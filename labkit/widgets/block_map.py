@@ -108,7 +108,7 @@ class BlockMap(Panel):
             while not self._stop.wait(interval):
                 try:
                     self.refresh()
-                except Exception as e:
+                except Exception as e:  # noqa: BLE001 - shown in the panel; watching stops
                     self.status.value = "stopped watching: " + error_html(e)
                     return
         self._thread = threading.Thread(target=loop, daemon=True, name=f"BlockMap {self.key}")

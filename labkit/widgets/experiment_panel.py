@@ -25,7 +25,7 @@ import pandas as pd
 
 from .. import plots
 from ..config import bench_root
-from ..experiments import framework, findings
+from ..experiments import findings, framework
 from ..experiments.framework import Param
 from ..units import format_size
 from ._panel import Panel, error_html, table_html
@@ -86,7 +86,8 @@ class ExperimentPanel(Panel):
                            ",".join(map(str, d)) if isinstance(c, w.Text) and isinstance(d, (list, tuple)) else
                            str(d) if isinstance(c, w.Text) else d)
             self.controls[p.name] = c
-        self.repeat = w.IntSlider(value=repeat, min=1, max=20, description="repeat", style={"description_width": "110px"})
+        self.repeat = w.IntSlider(value=repeat, min=1, max=20, description="repeat",
+                                  style={"description_width": "110px"})
         self.button = w.Button(description="Run", button_style="primary", icon="play")
         self.progress = w.IntProgress(value=0, min=0, max=1, description="idle", style={"description_width": "110px"})
         self.status = w.HTML()
@@ -115,7 +116,7 @@ class ExperimentPanel(Panel):
             return
         try:
             params = self.params()
-        except Exception as e:  # a bad control value: say so next to the button
+        except Exception as e:  # noqa: BLE001 - a bad control value: say so next to the button
             self.status.value = error_html(e)
             return
         self._thread = threading.Thread(target=self._run, args=(params,), daemon=True,
@@ -159,7 +160,7 @@ class ExperimentPanel(Panel):
                 self._show()
             self.status.value = f"done: {len(self.results)} rows"
             self.progress.description = "done"
-        except Exception as e:  # shown in the panel; the traceback is kept in .error
+        except Exception as e:  # noqa: BLE001 - shown in the panel; the traceback is kept in .error
             self.error = traceback.format_exc()
             self.status.value = "failed: " + error_html(e)
             self.progress.bar_style = "danger"

@@ -5,9 +5,9 @@ tag, a Lab that was closed — is written into the panel's status line.
 
 >>> from labkit import Lab
 >>> from labkit.widgets import ImageBrowser, ContainerPanel
->>> lab = Lab()                                   # doctest: +SKIP
->>> ImageBrowser(lab)                             # lineage tree; select an image to inspect/run/tag/remove   # doctest: +SKIP
->>> ContainerPanel(lab)                           # running containers, usage, logs, stop/commit            # doctest: +SKIP
+>>> lab = Lab()                      # doctest: +SKIP
+>>> ImageBrowser(lab)                # lineage tree; select an image to inspect/run/tag/remove   # doctest: +SKIP
+>>> ContainerPanel(lab)              # running containers, usage, logs, stop/commit            # doctest: +SKIP
 """
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ class ImageBrowser(Panel):
         self.cmd = w.Text(value="ls /", description="command", style=_LABEL)
         self.tag_text = w.Text(placeholder="name:tag", description="tag as", style=_LABEL)
         self.status = w.HTML()
-        buttons = [self.button(label, fn) for label, fn in (
+        buttons = [self.make_button(label, fn) for label, fn in (
             ("Inspect", self.inspect), ("Run", self.run), ("Tag", self.tag), ("Remove", self.remove),
             ("Refresh", self.refresh))]
         self.select.observe(lambda _ch: self.guard(self.inspect), names="value")
@@ -71,8 +71,8 @@ class ImageBrowser(Panel):
         """Redraw the tree (sizes in binary units) and the choices."""
         self.tree.value = pre(human_tree(self.lab.tree()) or "(no images)")
         df = self.lab.images()
-        options = [(f"{getattr(r, 'short_id', r.id[:12])} {', '.join(r.tags) or '<none>'}", r.id)
-                   for r in df.itertuples()] if len(df) else []
+        options = [(f"{r.get('short_id', r['id'][:12])} {', '.join(r['tags']) or '<none>'}", r["id"])
+                   for r in df.to_dict("records")] if len(df) else []
         keep = self.select.value
         self.select.options = options
         ids = [v for _, v in options]
@@ -124,7 +124,7 @@ class ContainerPanel(Panel):
         self.tag_text = w.Text(placeholder="name:tag", description="commit as", style=_LABEL)
         self.logs = w.HTML()
         self.status = w.HTML()
-        buttons = [self.button(label, fn) for label, fn in (
+        buttons = [self.make_button(label, fn) for label, fn in (
             ("Logs", self.show_logs), ("Stop", self.stop), ("Commit", self.commit), ("Refresh", self.refresh))]
         super().__init__([self.table, self.select, self.tag_text, w.HBox(buttons), self.status, self.logs])
         self.refresh()

@@ -23,7 +23,8 @@ from papermill.parameterize import parameterize_notebook
 from labkit import errors
 from labkit.gc import gc
 
-PlaywrightTimeout = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the test extra)").TimeoutError
+PlaywrightTimeout = pytest.importorskip("playwright.sync_api",
+                                        reason="pip install playwright (the test extra)").TimeoutError
 
 NOTEBOOKS = pathlib.Path(__file__).resolve().parents[2] / "notebooks"
 PANEL = ".jp-NotebookPanel:not(.lm-mod-hidden)"          # the notebook in front

@@ -136,7 +136,8 @@ def test_v2_files_written_on_a_fake_tree(tmp_path):
     (d / "memory.events").write_text("low 0\noom 1\noom_kill 1\n")
     (d / "cgroup.events").write_text("populated 1\nfrozen 0\n")
     st = c.stats()
-    assert (st["memory_bytes"], st["memory_peak_bytes"], st["cpu_usage_ns"], st["oom_kills"]) == (4096, 8192, 1_500_000, 1)
+    assert (st["memory_bytes"], st["memory_peak_bytes"], st["cpu_usage_ns"], st["oom_kills"]) \
+        == (4096, 8192, 1_500_000, 1)
     assert st["memory_limit_bytes"] == 64 << 20 and st["pids"] is None and not c.frozen()
     with pytest.raises(errors.AlreadyExists):
         c.create()

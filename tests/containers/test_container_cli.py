@@ -23,7 +23,8 @@ def test_container_cli_round_trip(tmp_path, rootfs, capsys):
     code, out = _run(root + ["container", "run", "--name", "one", "-e", "X=1", rootfs, "--", "sh", "-c",
                              "echo $X; exit 4"], capsys)
     assert (code, out) == (4, "1\n")
-    code, out = _run(root + ["container", "run", "-d", "--name", "bg", "-m", "32M", rootfs, "--", "sleep", "30"], capsys)
+    code, out = _run(root + ["container", "run", "-d", "--name", "bg", "-m", "32M", rootfs, "--", "sleep", "30"],
+                     capsys)
     assert code == 0 and len(out.strip()) == 10
     code, out = _run(root + ["container", "ps"], capsys)
     assert "exited (4)" in out and "running" in out

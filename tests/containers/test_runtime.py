@@ -38,8 +38,8 @@ def test_proc_shows_only_the_container(rt, rootfs):
 
 
 def test_pivot_root_hides_host_and_dev(rt, rootfs):
-    c = rt.run(rootfs, ["sh", "-c", "ls /dev | tr '\\n' ' '; echo; cat /proc/mounts | cut -d' ' -f2 | tr '\\n' ' '; "
-                                    "echo; echo x > /dev/null && head -c 4 /dev/zero | wc -c; ls /dev/pts"])
+    c = rt.run(rootfs, ["sh", "-c", ("ls /dev | tr '\\n' ' '; echo; cat /proc/mounts | cut -d' ' -f2 | tr '\\n' ' '; "
+                                     "echo; echo x > /dev/null && head -c 4 /dev/zero | wc -c; ls /dev/pts")])
     devs, mnts, zero, *_ = c.logs().splitlines()
     nodes = {"null", "zero", "full", "random", "urandom", "tty"}
     assert nodes | {"pts", "shm", "fd", "ptmx"} <= set(devs.split())
@@ -52,8 +52,8 @@ def test_pivot_root_hides_host_and_dev(rt, rootfs):
 
 
 def test_readonly_root(rt, rootfs):
-    c = rt.run(rootfs, ["sh", "-c", "touch /tmp/x 2>&1; echo rc=$?; touch /dev/shm/ok && echo shm-ok; "
-                                    "grep ' / ' /proc/mounts | cut -d' ' -f4 | cut -d, -f1"], readonly=True)
+    c = rt.run(rootfs, ["sh", "-c", ("touch /tmp/x 2>&1; echo rc=$?; touch /dev/shm/ok && echo shm-ok; "
+                                     "grep ' / ' /proc/mounts | cut -d' ' -f4 | cut -d, -f1")], readonly=True)
     lines = c.logs().splitlines()
     assert "Read-only file system" in lines[0] and lines[1] == "rc=1"
     assert lines[2:] == ["shm-ok", "ro"]
@@ -162,7 +162,8 @@ def test_wait_timeout_and_remove_running(rt, rootfs):
 
 
 def test_none_network_has_only_loopback(rt, rootfs):
-    c = rt.run(rootfs, ["sh", "-c", "ls /sys/class/net; ip -o link | grep -c UP; ping -c1 -W1 127.0.0.1 >/dev/null && echo lo-ok"])
+    c = rt.run(rootfs, ["sh", "-c", ("ls /sys/class/net; ip -o link | grep -c UP; "
+                                     "ping -c1 -W1 127.0.0.1 >/dev/null && echo lo-ok")])
     assert c.logs().split() == ["lo", "1", "lo-ok"]
 
 

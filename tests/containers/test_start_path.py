@@ -41,7 +41,8 @@ def test_direct_fork_runs_execs_and_leaks_no_descriptor(direct, rootfs, tmp_path
         shim = d.state.shim
         with open(f"/proc/{shim}/status") as f:
             assert f"PPid:\t{os.getpid()}\n" in f.read()               # forked here, not by a helper
-        assert str(tmp_path / "secret") not in {os.readlink(f"/proc/{shim}/fd/{x}") for x in os.listdir(f"/proc/{shim}/fd")}
+        fds = os.listdir(f"/proc/{shim}/fd")
+        assert str(tmp_path / "secret") not in {os.readlink(f"/proc/{shim}/fd/{x}") for x in fds}
         assert d.stop(timeout=0.5) == 137
         d.remove()
     finally:

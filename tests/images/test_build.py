@@ -169,7 +169,8 @@ def test_copy_semantics_and_confinement(store: ImageStore, tmp_path) -> None:
     (c / "one").write_text("1")
     (c / "two").write_text("2")
     (c / "Labfile").write_text(
-        "FROM links:1\nCOPY tree /opt/\nCOPY one /etc/\nCOPY one two /multi/\nCOPY --chown=1000:1001 --chmod=700 one /own\n"
+        "FROM links:1\nCOPY tree /opt/\nCOPY one /etc/\nCOPY one two /multi/\n"
+        "COPY --chown=1000:1001 --chmod=700 one /own\n"
         "COPY one /abs/\nCOPY two /rel/in/\nCOPY one /ubin/one\nCOPY tree/sub ./s2\n")
     r = store.build(c / "Labfile", c, tag="copy:1", progress=None)
     assert os.listdir(hostdir) == []                           # nothing followed a link out of the image
@@ -303,7 +304,8 @@ def test_lab_build_run_and_rebuild(tmp_path, ctx) -> None:
                 assert stat.S_IMODE(os.stat(os.path.join(root, "app/app.sh")).st_mode) == 0o755   # RUN chmod
             assert lab.history("app:v1", as_frame=False)[2]["created_by"] == "RUN chmod 755 app.sh"
             # one line changed after the RUN: the RUN comes from the cache
-            (ctx / "Labfile").write_text(RECIPE.replace('CMD ["/app/app.sh"]', 'CMD ["sh", "-c", "/app/app.sh; echo bye"]'))
+            (ctx / "Labfile").write_text(RECIPE.replace('CMD ["/app/app.sh"]',
+                                                        'CMD ["sh", "-c", "/app/app.sh; echo bye"]'))
             again = lab_build(lab, ctx / "Labfile", ctx, tag="app:v1", progress=None)
             assert [s.cached for s in again.steps] == [True] * 7 + [False]
             assert lab.run("app:v1", rm=True).output == "hello from app v1\nbye\n"

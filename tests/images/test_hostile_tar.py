@@ -151,7 +151,7 @@ def place(tmp_path):
 @pytest.mark.parametrize("case", CORPUS, ids=[c[0] for c in CORPUS])
 def test_hostile(case, place) -> None:
     top, sentinel, root = place
-    name, build, offender, kw = case
+    _name, build, offender, kw = case
     archive = top / "a.tar"
     archive.write_bytes(build(str(sentinel)))
     before = _snapshot(top)
@@ -181,7 +181,7 @@ def test_symlink_then_hardlink_write_is_contained(place) -> None:
 
 @pytest.mark.parametrize("case", OK_CASES, ids=[c[0] for c in OK_CASES])
 def test_benign(case, place) -> None:
-    top, sentinel, root = place
+    top, _sentinel, root = place
     name, members = case
     (top / "a.tar").write_bytes(_archive(members))
     res = extract(top / "a.tar", root)
@@ -201,7 +201,7 @@ def test_benign(case, place) -> None:
 
 
 def test_devices_when_allowed(place) -> None:
-    top, sentinel, root = place
+    top, _sentinel, root = place
     (top / "a.tar").write_bytes(_archive([_node("dev/null", tarfile.CHRTYPE)]))
     extract(top / "a.tar", root, allow_devices=True)
     st = os.lstat(root / "dev" / "null")
@@ -209,7 +209,7 @@ def test_devices_when_allowed(place) -> None:
 
 
 def test_compressed_and_whiteouts(place) -> None:
-    top, sentinel, root = place
+    top, _sentinel, root = place
     base = _archive([_dir("etc"), _f("etc/a"), _f("etc/b"), _dir("opq"), _f("opq/old")])
     import shutil
     import subprocess

@@ -248,7 +248,8 @@ def test_oci_several_manifests_and_platforms(store, tmp_path) -> None:
 
 def test_oci_tampered_or_linked_blobs_are_refused(store, tmp_path) -> None:
     files = _oci([({"org.opencontainers.image.ref.name": "t:1"}, [BASE, TOP], CONFIG)])
-    layers = json.loads(files[f"blobs/sha256/{json.loads(files['index.json'])['manifests'][0]['digest'][7:]}"])["layers"]
+    manifest = json.loads(files["index.json"])["manifests"][0]["digest"][7:]
+    layers = json.loads(files[f"blobs/sha256/{manifest}"])["layers"]
     # the second layer's blob is replaced by another valid gzip tar: caught after the first layer was made
     tampered = dict(files)
     tampered[f"blobs/sha256/{layers[1]['digest'][7:]}"] = gzip.compress(_tar([("evil", b"x")]))
@@ -288,7 +289,7 @@ def test_auto_rootfs_tar_and_dir(store, tmp_path) -> None:
     assert store.inspect("d:1").size == 1
     junk = tmp_path / "junk.tar"
     junk.write_bytes(os.urandom(4096))
-    with pytest.raises(errors.InvalidArgument, match="junk.tar.*not a tar archive"):
+    with pytest.raises(errors.InvalidArgument, match=r"junk\.tar.*not a tar archive"):
         store.import_auto(junk)
 
 

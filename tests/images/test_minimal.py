@@ -13,9 +13,22 @@ import pytest
 
 from labkit import errors
 from labkit.images import minimal
-from labkit.images.minimal import (APPS, App, PackageCache, closure, copy_closure, count_files, elf_interpreter,
-                                   first_write, install_command, packages_rootfs, parse_trace,
-                                   shebang_interpreter, trace_command, which)
+from labkit.images.minimal import (
+    APPS,
+    App,
+    PackageCache,
+    closure,
+    copy_closure,
+    count_files,
+    elf_interpreter,
+    first_write,
+    install_command,
+    packages_rootfs,
+    parse_trace,
+    shebang_interpreter,
+    trace_command,
+    which,
+)
 
 
 # ---- applications ------------------------------------------------------------------------------------------------
@@ -70,7 +83,7 @@ REAL = f"""\
 50    openat(AT_FDCWD<{h('/')}>, "{h('/lib/x86_64-linux-gnu/libc.so.6')}", O_RDONLY|O_CLOEXEC) = 3<{h('/usr/lib/x86_64-linux-gnu/libc.so.6')}>
 50    newfstatat(1<{h('/var/tmp/host/containers/x/log')}>, "", {{st_mode=S_IFREG|0640, st_size=74, ...}}, AT_EMPTY_PATH) = 0
 50    +++ exited with 0 +++
-"""
+"""  # noqa: E501 - strace's own lines, verbatim
 
 
 def test_parse_a_real_trace() -> None:
@@ -80,7 +93,8 @@ def test_parse_a_real_trace() -> None:
 
 def test_parse_relative_paths_dirfds_chdir_children_and_interrupted_calls() -> None:
     text = "\n".join([
-        f'10 openat(3<{h("/usr/lib/python3.11")}>, "{h("json/__init__.py")}", O_RDONLY) = 4<{h("/usr/lib/python3.11/json/__init__.py")}>',
+        (f'10 openat(3<{h("/usr/lib/python3.11")}>, "{h("json/__init__.py")}", O_RDONLY) = '
+         f'4<{h("/usr/lib/python3.11/json/__init__.py")}>'),
         f'10 chdir("{h("/srv")}") = 0',
         f'10 access("{h("data/x")}", R_OK) = -1 ENOENT (No such file or directory)',
         '10 clone(child_stack=NULL, flags=CLONE_CHILD_CLEARTID|SIGCHLD <unfinished ...>',
@@ -108,8 +122,9 @@ def test_parse_hostile_names_stay_names() -> None:
     assert got == {name}
 
 
-# ---- a hostile root ----------------------------------------------------------------------------------------------------
-def fake_elf(interp: str | None, *, bits: int = 64, endian: str = "<", phnum: int = 1, filesz: int | None = None) -> bytes:
+# ---- a hostile root --------------------------------------------------------------------------------------------
+def fake_elf(interp: str | None, *, bits: int = 64, endian: str = "<", phnum: int = 1,
+             filesz: int | None = None) -> bytes:
     data = (interp or "").encode() + b"\0"
     size = len(data) if filesz is None else filesz
     if bits == 64:

@@ -263,7 +263,8 @@ def test_skopeo_and_umoci_read_labkit_archives(store: ImageStore, tmp_path) -> N
     d = store.save("chain:1", tmp_path / "docker.tar", format="docker-archive")
     run = lambda *a: subprocess.run(a, capture_output=True, text=True, check=True).stdout   # noqa: E731
     info = json.loads(run("skopeo", "inspect", f"oci-archive:{tmp_path}/oci.tar"))
-    assert info["Layers"] == list(r.layers) and info["Env"] == list(CONFIG.env) and info["Labels"] == {"org.example": "lab"}
+    assert info["Layers"] == list(r.layers) and info["Env"] == list(CONFIG.env)
+    assert info["Labels"] == {"org.example": "lab"}
     assert info["Digest"] == r.manifest_digest
     cfg = json.loads(run("skopeo", "inspect", "--config", f"oci-archive:{tmp_path}/oci.tar"))
     assert cfg["rootfs"]["diff_ids"] == list(r.diff_ids) and cfg["config"]["Cmd"] == ["cat", "/data/a"]
@@ -360,12 +361,13 @@ def test_labkit_imports_and_runs_what_podman_saves(tmp_path, podman) -> None:
     podman("save", "--format", "oci-archive", "-o", str(tmp_path / "o.tar"), "localhost/pbb:2")
     with Lab(str(tmp_path / "lab"), "overlay") as lab:
         try:
-            for n, f in enumerate(("d.tar", "o.tar")):
+            for f in ("d.tar", "o.tar"):
                 top = lab.import_image(str(tmp_path / f))
                 assert lab.store.inspect(top).tags == ("localhost/pbb:2",)
                 assert len(lab.store.history(top)) == 2                      # one image per layer
                 assert lab.run("localhost/pbb:2", rm=True).output == "from-podman\n"
-                out = lab.run("localhost/pbb:2", ["sh", "-c", "test ! -e /bin/vi && test ! -e /var/www && echo $GREETING"],
+                out = lab.run("localhost/pbb:2",
+                              ["sh", "-c", "test ! -e /bin/vi && test ! -e /var/www && echo $GREETING"],
                               rm=True).output
                 assert out == "hey\n"
         finally:

@@ -129,7 +129,7 @@ def test_refs_and_failures(store: ImageStore, tmp_path) -> None:
             parse_reference(bad)
     with pytest.raises(errors.InvalidArgument, match="Bad"):
         store.import_busybox(tag="Bad")
-    with pytest.raises(errors.NotFound, match="images()"):
+    with pytest.raises(errors.NotFound, match=r"images\(\)"):
         store.resolve("nope")
     # a failing import leaves no snapshot and no row, and nothing mounted
     bad = tmp_path / "bad.tar"
@@ -260,7 +260,8 @@ def test_check_after_crash(store: ImageStore, tmp_path) -> None:
     assert adopted.id == "0" * 64 and adopted.parent == base and adopted.created_by == "make"
     assert adopted.size == store.inspect("busybox").size > 500_000
     assert sorted(i.name for i in sn.walk()) == sorted([f"img-{base}", "img-" + "0" * 64])
-    assert os.listdir(os.path.join(store.root, "tmp")) == [] and not os.path.exists(os.path.join(store.root, "rootfs-old"))
+    assert os.listdir(os.path.join(store.root, "tmp")) == []
+    assert not os.path.exists(os.path.join(store.root, "rootfs-old"))
     assert [i.id for i in store.images()] == [base, "0" * 64]
 
 

@@ -67,10 +67,10 @@ def test_host_pids_are_not_visible(rt, rootfs):
 
 
 def test_proc_sys_and_sysrq_are_read_only_and_paths_masked(rt, rootfs):
-    c = rt.run(rootfs, ["sh", "-c", "echo 3 > /proc/sys/vm/drop_caches; echo rc=$?; "
-                                    "echo h > /proc/sysrq-trigger; echo rc=$?; "
-                                    "echo 1 > /proc/sys/kernel/ns_last_pid; echo rc=$?; "
-                                    "ls /sys/firmware | wc -l; cat /proc/keys | wc -c; touch /sys/x; echo rc=$?"])
+    c = rt.run(rootfs, ["sh", "-c", ("echo 3 > /proc/sys/vm/drop_caches; echo rc=$?; "
+                                     "echo h > /proc/sysrq-trigger; echo rc=$?; "
+                                     "echo 1 > /proc/sys/kernel/ns_last_pid; echo rc=$?; "
+                                     "ls /sys/firmware | wc -l; cat /proc/keys | wc -c; touch /sys/x; echo rc=$?")])
     lines = c.logs().splitlines()
     assert lines.count("rc=1") == 4, lines
     sysrq = os.path.exists("/proc/sysrq-trigger")      # absent on kernels without CONFIG_MAGIC_SYSRQ
@@ -81,10 +81,10 @@ def test_proc_sys_and_sysrq_are_read_only_and_paths_masked(rt, rootfs):
 def test_mknod_is_allowed_but_the_device_cannot_be_opened(rt, rootfs):
     st = os.stat("/")
     major, minor = os.major(st.st_dev), os.minor(st.st_dev)      # the host's root filesystem device
-    c = rt.run(rootfs, ["sh", "-c", f"mknod /tmp/lkdisk b {major} {minor} && echo made; "
-                                    f"head -c 512 /tmp/lkdisk | wc -c; "
-                                    f"mknod /dev/lkdisk b {major} {minor} && echo made; lkprobe open /dev/lkdisk; "
-                                    "rm -f /tmp/lkdisk"])
+    c = rt.run(rootfs, ["sh", "-c", (f"mknod /tmp/lkdisk b {major} {minor} && echo made; "
+                                     f"head -c 512 /tmp/lkdisk | wc -c; "
+                                     f"mknod /dev/lkdisk b {major} {minor} && echo made; lkprobe open /dev/lkdisk; "
+                                     "rm -f /tmp/lkdisk")])
     lines = c.logs().splitlines()
     assert lines[0] == "made" and lines[-1] in ("EPERM", "EACCES"), lines
     assert "Permission denied" in c.logs() or "Operation not permitted" in c.logs()
@@ -147,8 +147,8 @@ def test_cap_add_and_cap_drop(rt, rootfs):
 
 
 def test_busybox_insmod_is_refused(rt, rootfs):
-    c = rt.run(rootfs, ["sh", "-c", "head -c 4096 /dev/zero > /tmp/dummy.ko; insmod /tmp/dummy.ko; echo rc=$?; "
-                                    "rm /tmp/dummy.ko"])
+    c = rt.run(rootfs, ["sh", "-c", ("head -c 4096 /dev/zero > /tmp/dummy.ko; insmod /tmp/dummy.ko; echo rc=$?; "
+                                     "rm /tmp/dummy.ko")])
     assert "rc=1" in c.logs() and "Operation not permitted" in c.logs(), c.logs()
 
 

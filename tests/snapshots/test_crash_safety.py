@@ -7,6 +7,7 @@ operation of a process that is still alive is never "recovered" by another.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sqlite3
@@ -33,7 +34,7 @@ def _child(backend: str, root, mode: str, *args: str, **popen) -> subprocess.Pop
 
 def _crash(backend: str, root, mode: str, *args: str) -> None:
     p = _child(backend, root, mode, *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out, err = p.communicate(timeout=120)
+    _out, err = p.communicate(timeout=120)
     assert p.returncode == 17, f"the child did not crash where planned (exit {p.returncode}): {err[-2000:]}"
 
 
@@ -148,7 +149,7 @@ def test_failed_create_and_remove_leave_things_as_they_were(tmp_path, monkeypatc
 
         def boom(row, chain):
             os.mkdir(os.path.join(sn.storage, str(row.id), "fs"))
-            raise OSError(28, "No space left on device")
+            raise OSError(errno.ENOSPC, "No space left on device")
         monkeypatch.setattr(sn, "_create", boom)
         with pytest.raises(OSError, match="No space"):
             sn.prepare("k", "base")

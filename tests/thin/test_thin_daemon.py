@@ -127,7 +127,7 @@ def _in_child_as_nobody(fn) -> str:
             os.setgid(65534)
             os.setuid(65534)
             out = fn()
-        except BaseException as e:
+        except BaseException as e:  # noqa: BLE001 - the forked child reports to the parent
             out = f"error {e!r}"
         os.write(w, out.encode())
         os._exit(0)

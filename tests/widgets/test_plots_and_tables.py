@@ -120,7 +120,8 @@ def recipe() -> pd.DataFrame:
     rows = [{"backend": "overlay", "change": c, "method": m, "phase": ph, "repeat": r,
              "seconds": v[0] * (2 if m == "recipe" else 1), "steps_run": v[1] if m == "hand" else v[2],
              "chain_depth": v[3] if m == "hand" else v[4], "bytes_added": v[5] + (64 << 10) * (m == "recipe")}
-            for c, m, (ph, v), r in itertools.product(["app", "dependency"], ["hand", "recipe"], shape.items(), range(2))]
+            for c, m, (ph, v), r in itertools.product(["app", "dependency"], ["hand", "recipe"], shape.items(),
+                                                      range(2))]
     return _rows(rows, "recipe-vs-hand")
 
 

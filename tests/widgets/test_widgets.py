@@ -8,9 +8,9 @@ import pytest
 
 pytest.importorskip("ipywidgets", reason="widgets need ipywidgets (make test installs it)")
 
-from labkit import errors  # noqa: E402
-from labkit.snapshots import open_snapshotter  # noqa: E402
-from labkit.widgets import BlockMap, ExperimentPanel, block_matrix  # noqa: E402
+from labkit import errors
+from labkit.snapshots import open_snapshotter
+from labkit.widgets import BlockMap, ExperimentPanel, block_matrix
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -47,12 +47,42 @@ import os
 import pathlib
 
 from .. import open_snapshotter
+
 # the check modules register their checks in CHECKS when imported; this order is the order of CHECKS
+# isort: off
 from . import checks_basic, checks_errors, checks_layers, checks_mounts, checks_usage, checks_symlinks  # noqa: F401
-from .helpers import (CHECKS, assert_same_tree, assert_view, check_layers, commit_layer, leftover_mounts,
-                      mount_point, mounted, tree_manifest)
-from .ops import (MTIME, Op, apply, chmod, chown, create_dir, create_file, link, mkfifo, mknod, mksock, remove_all,
-                  remove_xattr, rename, set_mtime, set_xattr, symlink, write_at)
+# isort: on
+from .helpers import (
+    CHECKS,
+    assert_same_tree,
+    assert_view,
+    check_layers,
+    commit_layer,
+    leftover_mounts,
+    mount_point,
+    mounted,
+    tree_manifest,
+)
+from .ops import (
+    MTIME,
+    Op,
+    apply,
+    chmod,
+    chown,
+    create_dir,
+    create_file,
+    link,
+    mkfifo,
+    mknod,
+    mksock,
+    remove_all,
+    remove_xattr,
+    rename,
+    set_mtime,
+    set_xattr,
+    symlink,
+    write_at,
+)
 
 __all__ = ["CHECKS", "run_check", "mounted", "mount_point", "commit_layer", "check_layers", "assert_view",
            "tree_manifest", "assert_same_tree", "leftover_mounts", "Op", "apply", "create_file", "create_dir",

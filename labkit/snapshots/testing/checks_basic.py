@@ -9,8 +9,8 @@ import time
 
 from ... import errors
 from ..base import Kind, Mount, Snapshotter
-from .helpers import _flat, _names, _raises, _register, apply, assert_same_tree, commit_layer, mounted
-from .ops import create_dir, create_file, remove_all
+from .helpers import _flat, _names, _raises, _register, assert_same_tree, commit_layer, mounted
+from .ops import apply, create_dir, create_file, remove_all
 
 
 @_register
@@ -124,7 +124,8 @@ def check_update(sn: Snapshotter, work: pathlib.Path) -> None:
         assert sn.stat(key) == new, f"{key}: stat after update {sn.stat(key)} != returned {new}"
         assert (new.name, new.kind, new.parent, new.created) == (st.name, st.kind, st.parent, st.created), \
             f"{key}: update changed more than labels: {st} -> {new}"
-        assert new.updated >= t0 - 0.001 and new.updated > st.updated, f"{key}: updated not bumped: {st.updated} -> {new.updated}"
+        assert new.updated >= t0 - 0.001 and new.updated > st.updated, \
+            f"{key}: updated not bumped: {st.updated} -> {new.updated}"
         assert sn.update(key, labels={"l1": "updated"}).labels == {"l1": "updated"}, f"{key}: labels not replaced"
         assert sn.update(key, labels={}).labels == {}, f"{key}: labels not cleared"
     with _raises(errors.NotFound, "update of an unknown key"):

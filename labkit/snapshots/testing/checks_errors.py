@@ -6,11 +6,22 @@ from __future__ import annotations
 import errno
 import os
 import pathlib
+from collections.abc import Callable
+from functools import partial
 
 from ... import errors
 from ..base import Kind, Snapshotter
-from .helpers import (_assert_nothing_behind, _errno, _names, _raises, _register, _store_state, commit_layer,
-                      leftover_mounts, mounted)
+from .helpers import (
+    _assert_nothing_behind,
+    _errno,
+    _names,
+    _raises,
+    _register,
+    _store_state,
+    commit_layer,
+    leftover_mounts,
+    mounted,
+)
 from .ops import create_dir, create_file
 
 
@@ -93,7 +104,7 @@ def check_keys(sn: Snapshotter, work: pathlib.Path) -> None:
     before = list(sn.walk())
     store = _store_state(sn)
     for bad in ("", "a\nb", "a\0b", "k" * 256):
-        for call in (lambda: sn.prepare(bad), lambda: sn.view(bad), lambda: sn.commit(bad, "spare")):
+        for call in (partial(sn.prepare, bad), partial(sn.view, bad), partial(sn.commit, bad, "spare")):
             with _raises(errors.InvalidArgument, f"key {bad[:20]!r}"):
                 call()
     _assert_nothing_behind(sn, before, store, "an invalid key")
@@ -103,7 +114,7 @@ def check_keys(sn: Snapshotter, work: pathlib.Path) -> None:
 def check_not_found(sn: Snapshotter, work: pathlib.Path) -> None:
     """Every call naming an unknown snapshot is NotFound."""
     commit_layer(sn, work, "base")
-    calls = {
+    calls: dict[str, Callable[[], object]] = {
         "stat": lambda: sn.stat("nope"), "update": lambda: sn.update("nope", labels={}),
         "usage": lambda: sn.usage("nope"), "mounts": lambda: sn.mounts("nope"), "remove": lambda: sn.remove("nope"),
         "commit": lambda: sn.commit("x", "nope"), "prepare": lambda: sn.prepare("x", "nope"),
@@ -148,7 +159,7 @@ def check_close_twice(sn: Snapshotter, work: pathlib.Path) -> None:
     sn.prepare("active", "kept")
     sn.close()
     sn.close()
-    calls = {
+    calls: dict[str, Callable[[], object]] = {
         "prepare": lambda: sn.prepare("x"), "view": lambda: sn.view("y", "kept"),
         "commit": lambda: sn.commit("z", "active"), "remove": lambda: sn.remove("active"),
         "stat": lambda: sn.stat("kept"), "update": lambda: sn.update("kept", labels={}),

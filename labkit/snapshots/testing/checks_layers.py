@@ -9,10 +9,38 @@ import pathlib
 import stat
 
 from ..base import Mount, Snapshotter
-from .helpers import (_flat, _register, _user_xattrs_supported, apply, assert_same_tree, assert_view, check_layers,
-                      commit_layer, mounted, tree_manifest)
-from .ops import (MTIME, MiB, _op, chmod, chown, create_dir, create_file, link, mkfifo, mknod, mksock, remove_all,
-                  remove_xattr, rename, set_mtime, set_xattr, symlink, write_at)
+from .helpers import (
+    _flat,
+    _register,
+    _user_xattrs_supported,
+    assert_same_tree,
+    assert_view,
+    check_layers,
+    commit_layer,
+    mounted,
+    tree_manifest,
+)
+from .ops import (
+    MTIME,
+    MiB,
+    _op,
+    apply,
+    chmod,
+    chown,
+    create_dir,
+    create_file,
+    link,
+    mkfifo,
+    mknod,
+    mksock,
+    remove_all,
+    remove_xattr,
+    rename,
+    set_mtime,
+    set_xattr,
+    symlink,
+    write_at,
+)
 
 
 @_register
@@ -100,7 +128,8 @@ def check_root_permission(sn: Snapshotter, work: pathlib.Path) -> None:
     with mounted(sn.prepare("child", "restricted"), work) as r:
         st = os.stat(r)
         got = (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
-        assert got == (0o700, 1000, 1001), f"a child's root is {got[0]:#o} {got[1]}:{got[2]}, its parent's is 0o700 1000:1001"
+        assert got == (0o700, 1000, 1001), \
+            f"a child's root is {got[0]:#o} {got[1]}:{got[2]}, its parent's is 0o700 1000:1001"
         os.chmod(r, 0o750)
     sn.commit("child-c", "child")
     assert root_of(sn.view("v2", "child-c")) == (0o750, 1000, 1001), "the child's root mode was not committed"
@@ -114,7 +143,8 @@ def check_rename(sn: Snapshotter, work: pathlib.Path) -> None:
     files, files into other directories (docker#25409)."""
     check_layers(sn, work,
                  [create_dir("/dir1", 0o700), create_file("/dir1/inside", b"in dir1"), create_dir("/somefiles", 0o700),
-                  create_file("/somefiles/f1", b"was here first!"), create_file("/somefiles/f2", b"nothing interesting"),
+                  create_file("/somefiles/f1", b"was here first!"),
+                  create_file("/somefiles/f2", b"nothing interesting"),
                   create_file("/somefiles/f4", b"moves")],
                  [rename("/dir1", "/dir2"),
                   create_file("/somefiles/f1-overwrite", b"new content 1"),

@@ -9,11 +9,21 @@ import pathlib
 import threading
 
 from ... import errors
-from ..base import Snapshotter
-from .helpers import (_assert_nothing_behind, _errno, _flat, _names, _raises, _register, _store_state, assert_view,
-                      commit_layer, mounted)
-from .ops import create_file
 from .. import open_snapshotter
+from ..base import Snapshotter
+from .helpers import (
+    _assert_nothing_behind,
+    _errno,
+    _flat,
+    _names,
+    _raises,
+    _register,
+    _store_state,
+    assert_view,
+    commit_layer,
+    mounted,
+)
+from .ops import create_file
 
 
 @_register

@@ -14,8 +14,8 @@ import ctypes
 import os
 import pathlib
 import struct
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from ..._sys.libc import check, libc
 from ..base import Snapshotter
@@ -48,7 +48,7 @@ class HostSentinel:
 
     def events(self) -> list[str]:
         """What happened to the sentinels since the last call, in words (empty: nothing)."""
-        out = []
+        out: list[str] = []
         while True:
             try:
                 buf = os.read(self._fd, 65536)

@@ -15,8 +15,9 @@ import os
 import pathlib
 import stat
 import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Callable, Iterator, Sequence
+from typing import Any
 
 from ..._sys.mounts import mounts_under
 from ..base import Info, Mount, Snapshotter
@@ -26,6 +27,8 @@ __all__ = ["CHECKS", "Check", "mounted", "mount_point", "commit_layer", "check_l
            "tree_manifest", "assert_same_tree", "leftover_mounts"]
 
 Check = Callable[[Snapshotter, pathlib.Path], None]
+#: a tree as the suite compares it: path -> {"type", "mode", "uid", "gid", "xattrs", "size", "sha256", ...}
+Manifest = dict[str, dict[str, Any]]
 CHECKS: dict[str, Check] = {}
 """Every check by name (``check_rename`` is ``"rename"``), in the order the check modules define them."""
 
@@ -84,14 +87,14 @@ def _sha256(p: str) -> str:
     return h.hexdigest()
 
 
-def tree_manifest(root: str | os.PathLike[str]) -> dict[str, dict]:
+def tree_manifest(root: str | os.PathLike[str]) -> Manifest:
     """Everything the suite compares about the tree under ``root``, one entry per path ("." is the root).
 
     >>> tree_manifest(tempfile.mkdtemp())["."]["type"]
     'dir'
     """
     root = os.fspath(root)
-    out: dict[str, dict] = {}
+    out: Manifest = {}
     by_inode: dict[tuple[int, int], list[str]] = {}
     stack = ["."]
     while stack:
@@ -99,8 +102,8 @@ def tree_manifest(root: str | os.PathLike[str]) -> dict[str, dict]:
         p = root if rel == "." else os.path.join(root, rel)
         st = os.lstat(p)
         kind = _TYPES.get(stat.S_IFMT(st.st_mode), f"?{stat.S_IFMT(st.st_mode):o}")
-        e: dict = {"type": kind, "mode": f"{stat.S_IMODE(st.st_mode):04o}", "uid": st.st_uid, "gid": st.st_gid,
-                   "xattrs": _user_xattrs(p)}
+        e: dict[str, Any] = {"type": kind, "mode": f"{stat.S_IMODE(st.st_mode):04o}", "uid": st.st_uid,
+                             "gid": st.st_gid, "xattrs": _user_xattrs(p)}
         if kind == "dir":
             for name in os.listdir(p):
                 stack.append(name if rel == "." else os.path.join(rel, name))
@@ -122,22 +125,24 @@ def tree_manifest(root: str | os.PathLike[str]) -> dict[str, dict]:
     return out
 
 
-def _diff(expected: dict[str, dict], actual: dict[str, dict]) -> list[str]:
+def _diff(expected: Manifest, actual: Manifest) -> list[str]:
     lines = []
     for p in sorted(expected.keys() | actual.keys()):
-        e, a = expected.get(p), actual.get(p)
-        if a is None:
-            lines.append(f"  missing   {p} ({e['type']})")
-        elif e is None:
-            lines.append(f"  unexpected {p} ({a['type']})")
-        elif e != a:
+        if p not in actual:
+            lines.append(f"  missing   {p} ({expected[p]['type']})")
+            continue
+        if p not in expected:
+            lines.append(f"  unexpected {p} ({actual[p]['type']})")
+            continue
+        e, a = expected[p], actual[p]
+        if e != a:
             fields = [f"{k}: expected {e.get(k)!r}, got {a.get(k)!r}" for k in sorted(e.keys() | a.keys())
                       if e.get(k) != a.get(k)]
             lines.append(f"  differs   {p}: " + "; ".join(fields))
     return lines
 
 
-def assert_same_tree(expected: str | os.PathLike[str] | dict, actual: str | os.PathLike[str] | dict,
+def assert_same_tree(expected: str | os.PathLike[str] | Manifest, actual: str | os.PathLike[str] | Manifest,
                      what: str = "tree") -> None:
     """AssertionError listing the differences when the two trees (paths or manifests) differ."""
     e = expected if isinstance(expected, dict) else tree_manifest(expected)
@@ -171,7 +176,7 @@ _views = itertools.count()
 
 
 def assert_view(sn: Snapshotter, work: str | os.PathLike[str], name: str,
-                expected: str | os.PathLike[str] | dict, what: str | None = None) -> None:
+                expected: str | os.PathLike[str] | Manifest, what: str | None = None) -> None:
     """A view of committed ``name`` must equal ``expected`` (a directory or a manifest); the view is removed."""
     key = f"{name}-view-{next(_views)}"
     m = sn.view(key, name)
@@ -209,7 +214,7 @@ def _raises(exc: type[BaseException], what: str) -> Iterator[None]:
         yield
     except exc:
         return
-    except Exception as e:  # noqa: BLE001 - reported as the wrong error
+    except Exception as e:
         raise AssertionError(f"{what}: expected {exc.__name__}, got {type(e).__name__}: {e}") from e
     raise AssertionError(f"{what}: expected {exc.__name__}, but it succeeded")
 

@@ -18,7 +18,7 @@ import pathlib
 import shutil
 import socket
 import stat
-from typing import Callable
+from collections.abc import Callable
 
 __all__ = ["Op", "apply", "create_file", "create_dir", "remove_all", "chown", "chmod", "rename", "link", "symlink",
            "set_xattr", "remove_xattr", "set_mtime", "write_at", "mkfifo", "mknod", "mksock", "MTIME", "MiB"]
