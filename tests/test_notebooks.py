@@ -260,6 +260,7 @@ def test_a_level_reruns_after_its_kernel_was_killed(tmp_path):
     import nbclient
     from papermill.iorw import load_notebook_node
     from papermill.parameterize import parameterize_notebook
+
     from labkit._sys import mounts
     root = tmp_path / "store"
     params = {"root": str(root), **SMALL["02-images-as-snapshots.ipynb"]}

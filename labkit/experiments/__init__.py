@@ -13,6 +13,7 @@ imports them all, so ``framework.get(name)`` and ``framework.names()`` know ever
 from __future__ import annotations
 
 # each module registers one experiment on import; this order is `labkit bench --list`'s
+# isort: off
 from . import (  # noqa: F401
     snapshot_time, space_vs_containers, cow_penalty, commit_cost, block_size, pool_exhaustion, thin_io,
     start_latency, image_sprawl,
@@ -21,6 +22,7 @@ from . import kernel_diff  # noqa: F401  (needs a VM: labkit.vm)
 from . import minimal_image  # noqa: F401  (a minimal image vs a whole base OS)
 from . import cli_latency  # noqa: F401  (the whole `labkit run` process vs podman and runc)
 from . import recipe_vs_hand  # noqa: F401  (the same application by hand and by a recipe)
+# isort: on
 from . import framework
 from .host import cpu_model, environment
 
