@@ -36,6 +36,7 @@ TEXT: dict[str, dict[str, str]] = {
            "the numbers are rough — run <code>make report</code> without it for the real ones.",
            "failed": "failed", "not_measured": "not measured: it failed (see its section)",
            "measures": "What it measures", "conclusion": "Conclusion", "error": "This experiment failed",
+           "partial": "Some cases of this experiment failed; the figure and the table show the others",
            "traceback": "traceback", "skipped": "not run: not in <code>only</code>", "param": "parameters",
            "seconds": "run time", "file": "result file", "backend": "backend", "available": "runs here",
            "reason": "why not", "experiment": "experiment", "fact": "what", "value": "value",
@@ -47,6 +48,7 @@ TEXT: dict[str, dict[str, str]] = {
            "すべて現れますが、数値は目安です。正式な値は <code>make report</code> をそのまま実行してください。",
            "failed": "失敗", "not_measured": "測定できませんでした（その節を参照）",
            "measures": "何を測るか", "conclusion": "結論", "error": "この実験は失敗しました",
+           "partial": "この実験の一部のケースが失敗しました。図と表は残りのケースの結果です",
            "traceback": "トレースバック", "skipped": "実行せず（<code>only</code> に含まれない）", "param": "パラメータ",
            "seconds": "所要時間", "file": "結果ファイル", "backend": "バックエンド", "available": "このマシンで動くか",
            "reason": "動かない理由", "experiment": "実験", "fact": "項目", "value": "値",
@@ -189,6 +191,11 @@ def section(outcome: Outcome, number: int, lang: str = "en") -> list[HTML]:
                            f"{html.escape(name)} {t['failed']}</b><br><code>{html.escape(outcome.error or '')}</code>"
                            f"{tb}</div></div>")]
     parts: list[Any] = [head]
+    failed = outcome.data.attrs.get("failed") or {}
+    if failed:          # the run kept the other cases' rows (framework.run): say which ones are missing, and why
+        items = "".join(f"<li><code>{html.escape(str(c))}</code>: {html.escape(str(e))}</li>" for c, e in failed.items())
+        parts.append(HTML(f"<div class='lk-report'><div class='lk-error'><b>⚠ {t['partial']}</b><ul>{items}</ul>"
+                          "</div></div>"))
     try:
         parts.append(figure_html(plots.plot(outcome.data, name)))
     except Exception as e:  # noqa: BLE001 - a figure that cannot be drawn is said, the table still shows

@@ -246,3 +246,14 @@ def test_report_sections_show_each_figure_once_and_a_failure_as_an_error():
     assert report.headline(outcomes)["thin-io"] == {"error": bad.error}
     ja = report.title_page(outcomes, {"kernel": "6.1"}, lang="ja")
     assert "わかったこと" in ja and "測定できませんでした" in ja
+
+
+def test_report_section_names_the_cases_that_failed_beside_the_others():
+    """A sweep that lost some cases (framework.run keeps the others' rows) says which, and why, in both languages."""
+    df = block()
+    df.attrs["failed"] = {"block_size=3K": "block size 3 KiB: must be 64 KiB..1 GiB in steps of 64 KiB"}
+    out = report.Outcome("block-size", {"repeat": 3}, df=df, csv="/x/block-size.csv")
+    html = "".join(str(p) for p in report.section(out, 1))
+    assert "Some cases of this experiment failed" in html and "block_size=3K" in html and "64 KiB..1 GiB" in html
+    assert html.count("<img alt=") == 1          # the other cases' figure still shows
+    assert "一部のケースが失敗しました" in "".join(str(p) for p in report.section(out, 1, lang="ja"))
