@@ -12,7 +12,6 @@ abc  5
 """
 from __future__ import annotations
 
-import datetime as _dt
 import itertools
 import json
 import os
@@ -20,7 +19,11 @@ import re
 import sys
 import threading
 import time
-from typing import Any, Callable, Iterator, Sequence, TextIO
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Sequence
+    from typing import TextIO
 
 __all__ = ["human_size", "human_ago", "human_time", "table", "print_table", "print_json", "cli_words",
            "Spinner", "short_id"]
@@ -40,6 +43,7 @@ def human_size(n: Any) -> str:
 
 def _ts(value: Any) -> float | None:
     """Seconds since the epoch from a float, an int of nanoseconds, an ISO string or a datetime."""
+    import datetime as _dt  # only listings print times: `labkit run` does without
     if value is None or value == "":
         return None
     if isinstance(value, _dt.datetime):
@@ -71,6 +75,7 @@ def human_ago(value: Any, *, now: float | None = None) -> str:
 
 def human_time(value: Any) -> str:
     """An exact local time, ``2026-11-28 19:07:19`` (for ``--no-trunc``)."""
+    import datetime as _dt
     t = _ts(value)
     return "-" if t is None else _dt.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
 
@@ -121,7 +126,8 @@ def print_json(value: Any, *, out: TextIO | None = None) -> None:
 
 #: the library's fix hints name Python calls; at the shell the CLI names its own commands
 _CLI_WORDS = [
-    (r"list images with images\(\)(?: or import one)?", "list images with `labkit images` or import one with `labkit image import busybox`"),
+    (r"list images with images\(\)(?: or import one)?",
+     "list images with `labkit images` or import one with `labkit image import busybox`"),
     (r"images\(\)", "`labkit images`"),
     (r"list snapshots with walk\(\)", "list images with `labkit images` and containers with `labkit ps -a`"),
     (r"list them with Runtime\.ps\(\)", "list them with `labkit ps -a`"),
@@ -169,7 +175,7 @@ class Spinner:
             self.out.write(f"\r{ch} {self.what}{extra} ({time.monotonic() - self._start:.0f} s)\x1b[K")
             self.out.flush()
 
-    def __enter__(self) -> "Spinner":
+    def __enter__(self) -> Spinner:
         self._start = time.monotonic()
         if self.tty:
             self._thread = threading.Thread(target=self._spin, daemon=True)

@@ -121,7 +121,7 @@ def completion_script(parser: argparse.ArgumentParser) -> str:
     words = _words(parser)
     cases = "\n".join(f'        "{path}") opts="{" ".join(w)}" ;;' for path, w in sorted(words.items()) if path)
     top = " ".join(words[""])
-    return f"""# bash completion for labkit: eval "$(labkit completion bash)" (or save it as /etc/bash_completion.d/labkit)
+    return f"""# bash completion for labkit: eval "$(labkit completion bash)" (or save it in /etc/bash_completion.d/)
 _labkit() {{
     local cur path w opts
     cur="${{COMP_WORDS[COMP_CWORD]}}"
@@ -149,7 +149,7 @@ def cmd_completion(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``info`` and ``completion``."""
     s = sub.add_parser("info", help="root, default backend and why, pool status, kernel features, versions")
     s.add_argument("--format", choices=["text", "json"], default="text")

@@ -21,19 +21,19 @@ import os
 import signal
 import sys
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from . import errors
 from .cli_format import Spinner, human_ago, human_size, print_json, print_table, read_env_file, short_id
 from .config import default_root
-from .images.cli import register_build, register_save
 
 #: Docker's exit codes for a failed ``run``/``exec``
 EXIT_LABKIT, EXIT_CANNOT_EXEC, EXIT_NOT_FOUND = 125, 126, 127
 
 
 def _lab(args: argparse.Namespace) -> Any:
-    from .lab import Lab   # pandas and the runtime load only for verbs that need a Lab
+    from .lab import Lab  # pandas and the runtime load only for verbs that need a Lab
     # a CLI process is small: it forks its container itself rather than starting a helper interpreter
     return Lab(default_root(args.root), getattr(args, "backend", None) or None, fork="direct")
 
@@ -140,8 +140,10 @@ def _volumes(specs: Sequence[str]) -> list[str]:
     out = []
     for s in specs:
         parts = s.split(":")
-        if len(parts) not in (2, 3) or not parts[0] or not parts[1] or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
-            raise errors.InvalidArgument(f"volume {s!r}", "is not HOST:CONTAINER[:ro]", fix="write e.g. -v /srv/data:/data:ro")
+        if (len(parts) not in (2, 3) or not parts[0] or not parts[1]
+                or (len(parts) == 3 and parts[2] not in ("ro", "rw"))):
+            raise errors.InvalidArgument(f"volume {s!r}", "is not HOST:CONTAINER[:ro]",
+                                         fix="write e.g. -v /srv/data:/data:ro")
         if not os.path.isabs(parts[0]):
             raise errors.InvalidArgument(f"volume {s!r}", "needs an absolute host path",
                                          fix=f"write -v {os.path.abspath(parts[0])}:{parts[1]}")
@@ -175,18 +177,22 @@ def _run_options(args: argparse.Namespace) -> dict[str, Any]:
     return opts
 
 
-def _exit_code(c: Any) -> int:
-    rc = c.runtime
+def _exit_code(c: Any, rc: Any = None) -> int:
+    """Docker's exit code of LabContainer ``c`` (``rc``: its runtime container, when the caller has it)."""
+    rc = c.runtime if rc is None else rc
     sig = getattr(rc, "signal", None) if rc is not None else None
     if sig:
         return 128 + int(sig)
-    code = c.exit_code
+    code = rc.exit_code if rc is not None else c.exit_code
     return int(code) if code is not None else 0
 
 
 def _follow(c: Any, *, out: Any = None) -> int:
     """Stream the container's output until it exits; SIGINT/SIGTERM/SIGHUP are forwarded to it (a second
-    one, or 2 s of ignoring the first, kills it, as ``docker stop`` does); returns Docker's exit code."""
+    one, or 2 s of ignoring the first, kills it, as ``docker stop`` does); returns Docker's exit code.
+
+    The runtime's record is looked up once (each lookup reads every container's state.json); a container
+    removed meanwhile by another process shows as no longer running."""
     out = out or sys.stdout
     rc = c.runtime
     log = os.path.join(rc.dir, "log") if rc is not None and hasattr(rc, "dir") else None
@@ -194,18 +200,16 @@ def _follow(c: Any, *, out: Any = None) -> int:
 
     def forward(signum: int, _frame: Any) -> None:
         got.append(signum)
-        live = c.runtime
-        if live is None:
+        if rc is None:
             return
-        live.kill(signal.SIGKILL if len(got) > 1 else signum)
+        rc.kill(signal.SIGKILL if len(got) > 1 else signum)
 
     old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     pos = 0
     try:
         deadline = None
         while True:
-            live = c.runtime
-            done = live is None or not live.running
+            done = rc is None or not rc.running
             if log and os.path.exists(log):
                 with open(log, "rb") as f:
                     f.seek(pos)
@@ -214,32 +218,34 @@ def _follow(c: Any, *, out: Any = None) -> int:
                 if chunk:
                     out.buffer.write(chunk) if hasattr(out, "buffer") else out.write(chunk.decode(errors="replace"))
                     out.flush()
-            if done:
+            if done or rc is None:
                 break
             if got and deadline is None:
                 deadline = time.monotonic() + 2.0
-            if deadline is not None and time.monotonic() > deadline and live is not None:
-                live.kill(signal.SIGKILL)
-            if live is None:
-                time.sleep(0.02)
-                continue
+            if deadline is not None and time.monotonic() > deadline:
+                rc.kill(signal.SIGKILL)
             try:
-                live.wait(0.05)                      # a pidfd wait: wakes at once when the container exits
+                rc.wait(0.05)                        # a pidfd wait: wakes at once when the container exits
+            except TimeoutError:
+                pass
+        if rc is not None:
+            try:     # PID 1 is gone; its shim may still be writing the exit status: wait for the shim
+                rc.wait(5)
             except TimeoutError:
                 pass
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-    code = _exit_code(c)
-    if got and code == 0 and c.runtime is not None and c.runtime.signal:
+    code = _exit_code(c, rc)
+    if got and code == 0 and rc is not None and rc.signal:
         code = 128 + got[0]
     return code
 
 
 def _interactive(lab: Any, args: argparse.Namespace, image: str, cmd: list[str], opts: dict[str, Any]) -> int:
     """``run -it``: a pseudo-terminal between this terminal and the container."""
-    from .containers import tty as ctty   # the runtime's terminal support
-    c = lab.run(image, cmd, detach=True, tty=True, stdin=True, **{k: v for k, v in opts.items() if k != "rm"})
+    from .containers import tty as ctty  # the runtime's terminal support
+    c = lab.run(image, cmd, detach=True, tty=True, stdin=True, **opts)    # rm: an ephemeral snapshot
     try:
         code = ctty.attach(c.runtime)
     finally:
@@ -264,7 +270,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             c = lab.run(args.image, cmd, detach=True, **{k: v for k, v in opts.items() if k != "rm"})
             print(c.name)
             return 0
-        c = lab.run(args.image, cmd, detach=True, **{k: v for k, v in opts.items() if k != "rm"})
+        c = lab.run(args.image, cmd, detach=True, **opts)     # rm: an ephemeral snapshot, removed below
         try:
             return _follow(c)
         finally:
@@ -291,7 +297,7 @@ def cmd_ctr(args: argparse.Namespace) -> int:
             _listing(args, rows, [("CONTAINER ID", "id"), ("NAME", "name"), ("IMAGE", "image"), ("COMMAND", "command"),
                                   ("STATUS", "state"), ("NETWORK", "network"), ("IP", "ip")],
                      {"id": _ids(args), "ip": lambda x: x or "-", "image": _ids(args),
-                      "command": (lambda x: str(x)) if args.no_trunc else (lambda x: _trunc(str(x), 30))})
+                      "command": str if args.no_trunc else (lambda x: _trunc(str(x), 30))})
         elif v == "df":
             rows = lab.df(as_frame=False)
             if args.format == "json":
@@ -346,9 +352,70 @@ def _listing_flags(s: argparse.ArgumentParser, *, quiet: bool = True) -> None:
     s.add_argument("--no-trunc", action="store_true", help="whole ids, commands and exact times")
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``image``, ``images``, ``run``, ``ps``, ``exec``, ``logs``, ``stop``, ``rm``, ``commit``, ``df``."""
-    img = sub.add_parser("image", help="manage images (import, save, ls, tree, inspect, history, tag, rm, prune, whatrequires)")
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], only: str | None = None) -> None:
+    """Add ``image``, ``images``, ``build``, ``run``, ``ps``, ``exec``, ``logs``, ``stop``, ``rm``,
+    ``commit``, ``df`` and ``check``; with ``only``, just that verb (what one command needs to parse)."""
+    def wanted(verb: str) -> bool:
+        return only is None or only == verb
+
+    if wanted("image") or wanted("build"):
+        from .images.cli import register_build, register_save
+    if wanted("image"):
+        _register_image(sub, register_save)
+    if wanted("build"):
+        register_build(sub, open_lab=_lab)
+    if wanted("images"):
+        s = sub.add_parser("images", help="list images")
+        _listing_flags(s)
+        s.set_defaults(func=cmd_image, image_command="images")
+    if wanted("run"):
+        _register_run(sub)
+    if wanted("ps"):
+        s = sub.add_parser("ps", help="list running containers (-a: all)")
+        s.add_argument("-a", "--all", action="store_true", help="also exited containers")
+        _listing_flags(s)
+        s.set_defaults(func=cmd_ctr, lab_command="ps")
+    if wanted("df"):
+        s = sub.add_parser("df", help="space per image and container")
+        _listing_flags(s, quiet=False)
+        s.set_defaults(func=cmd_ctr, lab_command="df")
+    if wanted("logs"):
+        s = sub.add_parser("logs", help="a container's output")
+        s.add_argument("name")
+        s.set_defaults(func=cmd_ctr, lab_command="logs")
+    if wanted("exec"):
+        s = sub.add_parser("exec", help="run a command in a running container")
+        s.add_argument("-i", "--interactive", action="store_true")
+        s.add_argument("-t", "--tty", action="store_true")
+        s.add_argument("name")
+        s.add_argument("cmd", nargs=argparse.REMAINDER)
+        s.set_defaults(func=cmd_ctr, lab_command="exec")
+    if wanted("stop"):
+        s = sub.add_parser("stop", help="SIGTERM, then SIGKILL after --time")
+        s.add_argument("name")
+        s.add_argument("-t", "--time", type=float, default=10)
+        s.set_defaults(func=cmd_ctr, lab_command="stop")
+    if wanted("rm"):
+        s = sub.add_parser("rm", help="remove a container and its snapshot")
+        s.add_argument("name")
+        s.add_argument("-f", "--force", action="store_true")
+        s.set_defaults(func=cmd_ctr, lab_command="rm")
+    if wanted("check"):
+        s = sub.add_parser("check", help="check the whole store (metadata, pool, images, rootfs dirs); --repair fixes")
+        s.add_argument("--repair", action="store_true", help="make the repairs it lists")
+        s.add_argument("--format", choices=["table", "json"], default="table")
+        s.set_defaults(func=cmd_check)
+    if wanted("commit"):
+        s = sub.add_parser("commit", help="a new image from a container")
+        s.add_argument("name")
+        s.add_argument("tag", nargs="?")
+        s.set_defaults(func=cmd_ctr, lab_command="commit")
+
+
+def _register_image(sub: argparse._SubParsersAction[argparse.ArgumentParser],
+                    register_save: Any) -> None:
+    img = sub.add_parser("image", help="manage images (import, save, ls, tree, inspect, history, tag, rm, prune, "
+                         "whatrequires)")
     isub = img.add_subparsers(dest="image_command", metavar="VERB")
     isub.required = True
     s = isub.add_parser("import", help="register a base image: busybox, debian, a directory or an archive")
@@ -359,7 +426,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     _listing_flags(s)
     s = isub.add_parser("tree", help="lineage with sizes, recipe lines and hand commits")
     s.add_argument("--bytes", action="store_true", help="sizes in exact bytes")
-    for verb, hlp in (("inspect", "everything about one image"), ("whatrequires", "images and containers that depend on it")):
+    for verb, hlp in (("inspect", "everything about one image"),
+                      ("whatrequires", "images and containers that depend on it")):
         isub.add_parser(verb, help=hlp).add_argument("ref")
     s = isub.add_parser("history", help="the chain back to the base, newest first")
     s.add_argument("ref")
@@ -377,12 +445,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     _listing_flags(s, quiet=False)
     register_save(isub, open_lab=_lab)
     img.set_defaults(func=cmd_image)
-    register_build(sub, open_lab=_lab)
 
-    s = sub.add_parser("images", help="list images")
-    _listing_flags(s)
-    s.set_defaults(func=cmd_image, image_command="images")
 
+def _register_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s = sub.add_parser("run", help="run a command in a container on a snapshot of IMAGE")
     s.add_argument("image")
     s.add_argument("cmd", nargs=argparse.REMAINDER)
@@ -406,40 +471,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--hostname", help="hostname inside (default: the name)")
     s.add_argument("--entrypoint", help="the program to run; CMD becomes its arguments")
     s.add_argument("--read-only", action="store_true", help="a read-only root filesystem")
-    s.add_argument("--privileged", action="store_true", help="every capability, no seccomp, no masked paths (for lessons)")
+    s.add_argument("--privileged", action="store_true",
+                   help="every capability, no seccomp, no masked paths (for lessons)")
     s.add_argument("--cap-add", action="append", metavar="CAP", help="add a capability (e.g. NET_ADMIN, ALL)")
     s.add_argument("--cap-drop", action="append", metavar="CAP", help="drop a capability (e.g. CHOWN, ALL)")
     s.set_defaults(func=cmd_run)
-
-    s = sub.add_parser("ps", help="list running containers (-a: all)")
-    s.add_argument("-a", "--all", action="store_true", help="also exited containers")
-    _listing_flags(s)
-    s.set_defaults(func=cmd_ctr, lab_command="ps")
-    s = sub.add_parser("df", help="space per image and container")
-    _listing_flags(s, quiet=False)
-    s.set_defaults(func=cmd_ctr, lab_command="df")
-    s = sub.add_parser("logs", help="a container's output")
-    s.add_argument("name")
-    s.set_defaults(func=cmd_ctr, lab_command="logs")
-    s = sub.add_parser("exec", help="run a command in a running container")
-    s.add_argument("-i", "--interactive", action="store_true")
-    s.add_argument("-t", "--tty", action="store_true")
-    s.add_argument("name")
-    s.add_argument("cmd", nargs=argparse.REMAINDER)
-    s.set_defaults(func=cmd_ctr, lab_command="exec")
-    s = sub.add_parser("stop", help="SIGTERM, then SIGKILL after --time")
-    s.add_argument("name")
-    s.add_argument("-t", "--time", type=float, default=10)
-    s.set_defaults(func=cmd_ctr, lab_command="stop")
-    s = sub.add_parser("rm", help="remove a container and its snapshot")
-    s.add_argument("name")
-    s.add_argument("-f", "--force", action="store_true")
-    s.set_defaults(func=cmd_ctr, lab_command="rm")
-    s = sub.add_parser("check", help="check the whole store (metadata, pool, images, rootfs dirs); --repair fixes")
-    s.add_argument("--repair", action="store_true", help="make the repairs it lists")
-    s.add_argument("--format", choices=["table", "json"], default="table")
-    s.set_defaults(func=cmd_check)
-    s = sub.add_parser("commit", help="a new image from a container")
-    s.add_argument("name")
-    s.add_argument("tag", nargs="?")
-    s.set_defaults(func=cmd_ctr, lab_command="commit")

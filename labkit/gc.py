@@ -15,11 +15,13 @@ the dmthin backend, cgroups and links in :mod:`labkit.containers.gc`) register t
 from __future__ import annotations
 
 import os
+from functools import partial
 
 # the layers that make kernel objects register their collectors when imported
 from . import errors
 from ._sys import leftovers, loop, mounts
-from ._sys.leftovers import Leftover, collector, inside as _inside
+from ._sys.leftovers import Leftover, collector
+from ._sys.leftovers import inside as _inside
 from .containers import gc as _containers_gc  # noqa: F401  (cgroups, veths, bridges, netns, records)
 from .containers import proxy as _proxy  # noqa: F401  (published-port proxies)
 from .snapshots import dmthin as _dmthin  # noqa: F401  (device-mapper devices)
@@ -47,7 +49,7 @@ def _mounts(root: str, everything: bool) -> list[Leftover]:
             found.append(m)
     found.sort(key=lambda m: (m.target.count("/"), m.mount_id), reverse=True)
     return [Leftover("mount", m.target, f"{m.fstype} from {m.source}",
-                     (lambda t=m.target: unmount(t, retries=5))) for m in found]
+                     partial(unmount, m.target, retries=5)) for m in found]
 
 
 def _overlay_dirs(options: str) -> list[str]:
@@ -65,7 +67,7 @@ def _loops(root: str, everything: bool) -> list[Leftover]:
     out = []
     for lp in loop.list_loops():
         if _inside(lp.backing_file.removesuffix(" (deleted)"), root) or (everything and lp.name.startswith("labkit-")):
-            out.append(Leftover("loop", lp.dev, f"backed by {lp.backing_file}", (lambda d=lp.dev: _detach(d))))
+            out.append(Leftover("loop", lp.dev, f"backed by {lp.backing_file}", partial(_detach, lp.dev)))
     return out
 
 
@@ -98,7 +100,8 @@ def check_root(root: str) -> str:
     if real in SYSTEM_DIRS:
         raise errors.InvalidArgument(f"gc root {root!r}", "is a system directory, not a labkit store",
                                      fix="give the store's root (--root), e.g. /var/lib/labkit")
-    if os.path.isdir(real) and os.listdir(real) and not any(os.path.lexists(os.path.join(real, m)) for m in STORE_MARKERS):
+    if (os.path.isdir(real) and os.listdir(real)
+            and not any(os.path.lexists(os.path.join(real, m)) for m in STORE_MARKERS)):
         raise errors.InvalidArgument(f"gc root {root!r}", "holds no labkit store (no .labkit-store, metadata.db, "
                                      "snapshots/, images/, containers/ or pool/)",
                                      fix="give the store's root (--root), or `labkit gc --all` for every labkit object")

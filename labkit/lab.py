@@ -20,25 +20,30 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import secrets
 import shutil
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from . import errors
 from ._sys import mounts
 from ._sys.leftovers import inside
 from .config import default_root
-from .gc import gc
-from .containers import Runtime
-from .containers.proxy import parse_publish, start_proxy
-from .images import BuildResult, ImageStore, SaveReport
+from .containers.runtime import Runtime
+from .images.store import ImageStore
 from .snapshots import BaseSnapshotter, default_backend, open_snapshotter
+from .snapshots.base import EPHEMERAL
 from .snapshots.capabilities import PoolBacked
 from .snapshots.mount import Mounted, unmount
 from .units import parse_size
 
+# Only what ``labkit run`` uses is imported here: ``gc`` (which loads every backend's collector, the thin
+# pool's among them), the published-port proxy, and the image store's recipes, exports and reports are
+# imported by the methods that use them (tests/test_imports.py pins what a ``labkit run`` loads).
 if TYPE_CHECKING:
     import pandas as pd
+
+    from .containers.proxy import Publish
+    from .images.reports import BuildResult, SaveReport
 
 #: Docker's container name rule
 NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}")
@@ -63,7 +68,7 @@ def check_name(name: str) -> str:
 
 
 def _records(rows: Any) -> list[dict[str, Any]]:
-    return [dataclasses.asdict(r) if dataclasses.is_dataclass(r) else dict(r) for r in rows]
+    return [_plain(r) if dataclasses.is_dataclass(r) else dict(r) for r in rows]
 
 
 def _frame(rows: Any, columns: list[str] | None = None, *, as_frame: bool = True) -> Any:
@@ -101,7 +106,7 @@ def _plain(x: Any) -> Any:
 class LabContainer:
     """A container started by :meth:`Lab.run`: its runtime record plus its snapshot."""
 
-    def __init__(self, lab: "Lab", name: str, image: str, cmd: Sequence[str], rm: bool) -> None:
+    def __init__(self, lab: Lab, name: str, image: str, cmd: Sequence[str], rm: bool) -> None:
         self.lab, self.name, self.image, self.cmd, self.rm = lab, name, image, list(cmd), rm
         self.key = f"ctr-{name}"
         self._output: str | None = None
@@ -224,7 +229,7 @@ class Lab:
             return self.store.import_auto(source, tag=tag, ref=ref)   # a rootfs dir or tar, docker-archive, OCI layout
         raise errors.NotFound(f"image source {source!r}", fix="give busybox, debian, a directory or an archive file")
 
-    def images(self, *, as_frame: bool = True) -> "pd.DataFrame":
+    def images(self, *, as_frame: bool = True) -> pd.DataFrame:
         """The images as a table: id, short_id, tags, parent, created, created_by, size, exclusive, ...
         (``as_frame=False``: a list of dicts)."""
         return _frame(self.store.images(), as_frame=as_frame)
@@ -233,7 +238,7 @@ class Lab:
         """Everything known about one image, as plain data."""
         return _plain(self.store.inspect(ref))
 
-    def history(self, ref: str, *, as_frame: bool = True) -> "pd.DataFrame":
+    def history(self, ref: str, *, as_frame: bool = True) -> pd.DataFrame:
         """The chain from ``ref`` back to its base, newest first: id, created, created_by, comment, sizes."""
         return _frame(self.store.history(ref), as_frame=as_frame)
 
@@ -241,13 +246,13 @@ class Lab:
         """Give image ``ref`` the tag ``new``; returns the image id."""
         return self.store.tag(ref, new)
 
-    def rmi(self, ref: str, *, force: bool = False, as_frame: bool = True) -> "pd.DataFrame":
+    def rmi(self, ref: str, *, force: bool = False, as_frame: bool = True) -> pd.DataFrame:
         """Remove an image (``docker rmi``): one row per untagged tag / deleted image, with bytes freed.
         Refused while a container or child image uses it (``force`` untags now, prune deletes later)."""
         return _frame(_removal_rows(self.store.rmi(ref, force=force)),
                       ["action", "what", "freed_bytes", "kept_by"], as_frame=as_frame)
 
-    def prune(self, *, all: bool = False, dry_run: bool = False, as_frame: bool = True) -> "pd.DataFrame":
+    def prune(self, *, all: bool = False, dry_run: bool = False, as_frame: bool = True) -> pd.DataFrame:
         """Delete dangling images (``all``: every image no container needs); one row per deleted image
         (``would delete`` with ``dry_run``)."""
         return _frame(_removal_rows(self.store.prune(all=all, dry_run=dry_run)),
@@ -257,7 +262,7 @@ class Lab:
         """Images and containers that depend on ``ref``: ``{"images": [...], "containers": [...]}``."""
         return _plain(self.store.whatrequires(ref))
 
-    def df(self, *, as_frame: bool = True) -> "pd.DataFrame":
+    def df(self, *, as_frame: bool = True) -> pd.DataFrame:
         """Space per image and container: total, shared, exclusive, reclaimable."""
         return _frame(self.store.df(), as_frame=as_frame)
 
@@ -300,7 +305,7 @@ class Lab:
         >>> lab.build("app/Labfile", "app", tag="app:v1")       # doctest: +SKIP
         """
         def run_step(parent: str, argv: list[str], env: dict[str, str], workdir: str, user: str) -> str:
-            c = self.run(parent, argv, name=f"build-{secrets.token_hex(5)}", entrypoint=[], env=env,
+            c = self.run(parent, argv, name=f"build-{os.urandom(5).hex()}", entrypoint=[], env=env,
                          workdir=workdir, user=user or None, network="none")
             try:
                 if progress and c.output:
@@ -332,19 +337,20 @@ class Lab:
             publish: Sequence[str] = (), **runtime_options: Any) -> LabContainer:
         """Start ``cmd`` in a container on a fresh snapshot of ``image``; waits unless ``detach``.
 
-        With ``rm`` the snapshot is thrown away when the container ends (``docker run --rm``). As in
-        Docker, the image's config fills what is not given: ``entrypoint`` + ``cmd`` (an empty ``cmd``
-        takes the image's Cmd), its Env under ``env``, its WorkingDir and User. ``publish`` takes Docker's
-        ``[IP:]HOST:CONTAINER`` (127.0.0.1 unless an address is given; needs ``network="bridge"``). Other
-        keyword options go to the runtime as they are: ``privileged``, ``cap_add``, ``cap_drop``,
-        ``hostname``, ``tty``, ``publish`` ... (see :meth:`labkit.containers.Runtime.run`).
+        With ``rm`` the snapshot is thrown away when the container ends (``docker run --rm``; with
+        ``detach``, when it is stopped or removed), so it is prepared ephemeral: its writes are not made
+        durable (:data:`labkit.snapshots.base.EPHEMERAL`). As in Docker, the image's config fills what is not
+        given: ``entrypoint`` + ``cmd`` (an empty ``cmd`` takes the image's Cmd), its Env under ``env``,
+        its WorkingDir and User. ``publish`` takes Docker's ``[IP:]HOST:CONTAINER`` (127.0.0.1 unless an
+        address is given; needs ``network="bridge"``). Other keyword options go to the runtime as they
+        are: ``privileged``, ``cap_add``, ``cap_drop``, ``hostname``, ``tty``, ``publish`` ... (see
+        :meth:`labkit.containers.Runtime.run`).
 
         >>> lab.run("busybox", ["cat", "/etc/hostname"], rm=True).exit_code      # doctest: +SKIP
         0
         """
         self.runtime.prestart()          # the helper's start-up overlaps the snapshot work below
-        image_id = self.store.resolve(image)
-        info = self.store.inspect(image_id)
+        image_id, snapshot, info = self.store.run_info(image)
         entry = list(info.entrypoint) if entrypoint is None else list(entrypoint)
         argv = entry + (list(cmd) if cmd else ([] if entrypoint is not None and entrypoint != () else list(info.cmd)))
         if not argv:
@@ -353,27 +359,36 @@ class Lab:
         env = {**dict(e.split("=", 1) for e in info.env if "=" in e), **(env or {})}
         workdir = workdir or info.workdir or "/"
         user = user or info.user or None
-        ports = [parse_publish(p) for p in publish]
+        ports: list[Publish] = []
+        if publish:
+            from .containers.proxy import parse_publish
+            ports = [parse_publish(p) for p in publish]
         if ports and network != "bridge":
             raise errors.InvalidArgument(f"publishing {', '.join(publish)}", f"needs a network, not {network!r}",
                                          fix="add --net bridge (labkit's default network is none)")
-        name = check_name(name) if name is not None else secrets.token_hex(5)
+        name = check_name(name) if name is not None else os.urandom(5).hex()
         c = LabContainer(self, name, image, argv, rm)
-        if any(i.name == c.key for i in self.sn.walk(f"name=={c.key}")):
+        if self._exists(c.key):
             raise errors.AlreadyExists(f"container {name!r}", fix=f"choose another name or `labkit rm {name}`")
-        snapshot = info.snapshot
         target = self._rootfs(c.key)
         os.makedirs(target, exist_ok=True)
         mounted: Mounted | None = None
         try:
-            m = self.sn.prepare(c.key, snapshot, labels={"labkit.container": name, "labkit.image": image_id})
+            labels = {"labkit.container": name, "labkit.image": image_id}
+            if rm:      # thrown away when it ends: the backend may skip making its writes durable
+                labels[EPHEMERAL] = "true"
+            m = self.sn.prepare(c.key, snapshot, labels=labels)
             mounted = m.mount(target)
             rc = self.runtime.run(target, argv, name=name, network=network,
                                   memory=parse_size(memory, what="memory") if memory is not None else None,
                                   cpus=cpus, pids=pids, env=env or None, workdir=workdir, user=user,
                                   readonly=readonly, binds=binds, detach=detach or bool(ports), **runtime_options)
             if ports:
+                from .containers.proxy import start_proxy
                 try:
+                    if rc.state.pid is None or rc.state.ip is None:     # (a bridge container has both)
+                        raise errors.FailedPrecondition(f"container {name!r}",
+                                                        "has no process or address to publish to")
                     start_proxy(rc.id, rc.dir, rc.state.pid, rc.state.ip, ports)
                 except BaseException:
                     rc.remove(force=True)
@@ -405,7 +420,7 @@ class Lab:
                 continue
         return out
 
-    def ps(self, *, all: bool = True, as_frame: bool = True) -> "pd.DataFrame":
+    def ps(self, *, all: bool = True, as_frame: bool = True) -> pd.DataFrame:
         """Containers known to the runtime, as a table (``all=False``: only running ones)."""
         rows = [_plain(r) for r in self.runtime.ps()]
         images = {i.labels.get("labkit.container"): i.labels.get("labkit.image", "")
@@ -432,6 +447,7 @@ class Lab:
         """Remove every container, image and snapshot of this store (a notebook's first cell, so that it
         re-runs after its kernel was killed mid-way). Running containers are killed, and what a killed
         kernel left mounted for this store is released first (``labkit gc``)."""
+        from .gc import gc
         gc(self.root, force=True)
         for c in self.containers():
             c.remove(force=True)
@@ -473,11 +489,11 @@ class Lab:
             for p in report.problems:
                 rows.append({"part": "thin pool", "problem": p, "repair": "none automatic: see docs/thin-pool.md"})
         found = self.store.check(repair=repair)
-        problems = getattr(found, "problems", found)
-        repairs = list(getattr(found, "repairs", []))
+        problems, repairs = list(found.problems), list(found.repairs)
         for i, p in enumerate(problems):
             rows.append({"part": "images", "problem": str(p),
-                         "repair": str(repairs[i]) if i < len(repairs) else ("repaired" if repair else "labkit check --repair")})
+                         "repair": str(repairs[i]) if i < len(repairs)
+                         else ("repaired" if repair else "labkit check --repair")})
         base = os.path.join(self.root, "rootfs")
         keys = {i.name for i in self.sn.walk()}
         for entry in sorted(os.listdir(base)) if os.path.isdir(base) else []:
@@ -499,10 +515,18 @@ class Lab:
     def _rootfs(self, key: str) -> str:
         base = os.path.join(self.root, "rootfs")
         target = os.path.join(base, key)
-        if not inside(os.path.realpath(target), os.path.realpath(base)) or os.path.realpath(target) == os.path.realpath(base):
+        real, real_base = os.path.realpath(target), os.path.realpath(base)
+        if not inside(real, real_base) or real == real_base:
             raise errors.InvalidArgument(f"container snapshot key {key!r}", "leaves the store's rootfs directory",
                                          fix="use a plain container name")
         return target
+
+    def _exists(self, key: str) -> bool:
+        try:
+            self.sn.stat(key)
+        except errors.NotFound:
+            return False
+        return True
 
     def _drop_snapshot(self, key: str) -> None:
         target = self._rootfs(key)
@@ -524,7 +548,7 @@ class Lab:
             finally:
                 self.sn.close()
 
-    def __enter__(self) -> "Lab":
+    def __enter__(self) -> Lab:
         return self
 
     def __exit__(self, *exc: object) -> None:

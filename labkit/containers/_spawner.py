@@ -32,16 +32,18 @@ import gc
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import _ns, _setup   # imported once here, not after each fork
+from . import _ns, _setup  # imported once here, not after each fork
 from ._proc import wait_pid
 from .spec import ExecSpec, RunSpec
+
+if TYPE_CHECKING:
+    import socket  # the helper's channel: imported where it is used, so that a direct fork never loads it
 
 MAX_MSG = 1 << 20
 
@@ -174,6 +176,7 @@ def serve(fd: int) -> None:
     """Answer requests on the socket ``fd`` until the other end closes it."""
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)   # shims are reaped by the kernel
     signal.signal(signal.SIGINT, signal.SIG_IGN)    # a ^C in the notebook must not kill the spawner
+    import socket
     sock = socket.socket(fileno=fd)
     while True:
         try:
@@ -213,6 +216,7 @@ class Spawner:
         return self._proc.pid if self._proc else None
 
     def _start(self) -> None:
+        import socket
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         pkg_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": pkg_root}
@@ -267,11 +271,12 @@ class Spawner:
                     self._shims.add(reply["shim"])
                 return reply
         with self._lock:
-            for attempt in (0, 1):
+            for _attempt in (0, 1):
                 if self._proc is None or self._proc.poll() is not None:
                     self.close_locked()
                     self._start()
                 assert self._sock
+                import socket
                 try:
                     socket.send_fds(self._sock, [json.dumps(req).encode()], fds or [])
                 except (BrokenPipeError, ConnectionResetError):

@@ -23,6 +23,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from labkit import errors
 
@@ -172,7 +173,8 @@ class CgroupV1:
 
     def freeze(self, timeout: float = 5.0) -> None:
         """Freeze every process (freezer.state FROZEN) and wait until the kernel says so."""
-        f = _need(self.mounts, "freezer", "freeze") and self.path("freezer") + "/freezer.state"
+        _need(self.mounts, "freezer", "freeze")
+        f = self.path("freezer") + "/freezer.state"
         _write(f, "FROZEN")
         _wait_for(lambda: _read(f) == "FROZEN", timeout, f"cgroup {self.name} to freeze")
 
@@ -309,8 +311,7 @@ class CgroupV2:
 Cgroup = CgroupV1 | CgroupV2
 
 
-@dataclass(frozen=True)
-class Layout:
+class Layout(NamedTuple):
     """Which cgroup layout this host has and where: ``kind`` is ``v1``, ``hybrid`` or ``v2``."""
 
     kind: str

@@ -25,7 +25,6 @@ import sys
 from ..config import default_root
 
 
-
 def _state_dir(args: argparse.Namespace) -> str:
     root = default_root(getattr(args, "root", None))
     return os.path.join(os.path.abspath(root), "containers")
@@ -47,9 +46,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Run a command in a new container; print its output (or its id with -d) and exit with its code."""
     with _runtime(args) as rt:
         env = dict(e.split("=", 1) for e in args.env) if args.env else None
-        c = rt.run(args.rootfs, _strip_dashdash(args.cmd), name=args.name, env=env, workdir=args.workdir, user=args.user,
-                   hostname=args.hostname, network=args.network, memory=_size(args.memory), cpus=args.cpus,
-                   pids=args.pids, readonly=args.read_only, binds=args.volume or (), detach=args.detach,
+        c = rt.run(args.rootfs, _strip_dashdash(args.cmd), name=args.name, env=env, workdir=args.workdir,
+                   user=args.user, hostname=args.hostname, network=args.network, memory=_size(args.memory),
+                   cpus=args.cpus, pids=args.pids, readonly=args.read_only, binds=args.volume or (), detach=args.detach,
                    tty=args.tty and not args.detach, cap_add=args.cap_add or (), cap_drop=args.cap_drop or (),
                    privileged=args.privileged)
         if args.detach:
@@ -137,7 +136,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``container`` command group to ``subparsers``."""
     grp = subparsers.add_parser("container", help="run and manage containers (needs root)")
     sub = grp.add_subparsers(dest="container_command", metavar="COMMAND")

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+from functools import partial
 from typing import Any
 
 from labkit._sys import mounts
@@ -45,7 +46,7 @@ NETNS_DIR = "/run/netns"
 
 def _records() -> dict[str, str]:
     """Container id -> state directory, from the registry (entries with a malformed id are ignored)."""
-    out = {}
+    out: dict[str, str] = {}
     try:
         names = os.listdir(REGISTRY)
     except FileNotFoundError:
@@ -156,35 +157,35 @@ def container_leftovers(root: str, everything: bool) -> list[Leftover]:
         if leftover(cid):
             npids = len(cg.procs(dirs))
             out.append(Leftover("cgroup", f"{cg.PARENT}/{cid}", f"{len(dirs)} hierarchies, {npids} process(es)",
-                                (lambda c=cid, ds=dirs: _release_cgroup(c, ds))))
+                                partial(_release_cgroup, cid, dirs)))
     for parent in layout.parents() if layout is not None else []:
         if os.path.isdir(parent) and not any(os.path.isdir(os.path.join(parent, n)) for n in os.listdir(parent)):
-            out.append(Leftover("cgroup", parent, "empty labkit parent", (lambda p=parent: _rmdir_quiet(p))))
+            out.append(Leftover("cgroup", parent, "empty labkit parent", partial(_rmdir_quiet, parent)))
     links = net.links()
     for name, kind in links:
-        cid = _veth_id(name) if kind == "veth" else None
-        if cid and leftover(cid):
-            out.append(Leftover("veth", name, f"host end of container {cid}", (lambda n=name: net.delete_link(n))))
+        veth_of = _veth_id(name) if kind == "veth" else None
+        if veth_of and leftover(veth_of):
+            out.append(Leftover("veth", name, f"host end of container {veth_of}", partial(net.delete_link, name)))
     records_ip = net.ipam_records()
     for br, ip, cid in records_ip:
         if leftover(cid):
             out.append(Leftover("address", f"{br}/{ip}", f"of container {cid}",
-                                (lambda b=br, i=ip: net.release_record(b, i))))
+                                partial(net.release_record, br, ip)))
     used_bridges = {br for br, _ip, cid in records_ip if not leftover(cid)}
     for name, kind in links:
         if kind == "bridge" and name.startswith(net.PREFIX) and name not in used_bridges:
             brif = f"/sys/class/net/{name}/brif"
             ports = os.listdir(brif) if os.path.isdir(brif) else []
             if everything or not ports:
-                out.append(Leftover("bridge", name, f"{len(ports)} port(s)", (lambda n=name: net.delete_link(n))))
+                out.append(Leftover("bridge", name, f"{len(ports)} port(s)", partial(net.delete_link, name)))
     if os.path.isdir(NETNS_DIR):
         for n in sorted(os.listdir(NETNS_DIR)):
             cid = n[len(net.PREFIX):] if n.startswith(net.PREFIX) else ""
             if is_id(cid) and (everything or leftover(cid)):
-                out.append(Leftover("netns", os.path.join(NETNS_DIR, n), "named network namespace",
-                                    (lambda p=os.path.join(NETNS_DIR, n): _release_netns(p))))
+                path = os.path.join(NETNS_DIR, n)
+                out.append(Leftover("netns", path, "named network namespace", partial(_release_netns, path)))
     for cid in sorted(records):             # after its cgroup (released first, in this order)
         if leftover(cid):
             out.append(Leftover("record", os.path.join(REGISTRY, cid), f"state in {records[cid]}",
-                                (lambda c=cid: _forget(c))))
+                                partial(_forget, cid)))
     return out

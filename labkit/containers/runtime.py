@@ -19,28 +19,24 @@ Zombies of a command that does not reap are released when PID 1 exits (the kerne
 """
 from __future__ import annotations
 
-import hashlib
+import builtins
 import json
 import os
-import platform
-import secrets
 import shutil
 import stat
 import sys
-import sysconfig
-import tempfile
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from signal import SIGKILL, SIGTERM
-from typing import Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from labkit import errors
 from labkit._sys.leftovers import inside
 
-from . import capabilities, inroot
+from . import capabilities, inroot, seccomp
 from . import cgroups as cg
 from . import network as net
-from . import seccomp
 from ._proc import alive as _alive
 from ._proc import send_signal, starttime
 from ._proc import wait_pid as _wait_pid
@@ -48,7 +44,9 @@ from ._spawner import Spawner
 from .security import DEVICE_RULES, DEVICES, Profile
 from .spec import ExecSpec, ProcessSpec, RunSpec
 from .state import Bind, CgroupRef, ContainerState, check_name, is_id
-from .tty import Pty
+
+if TYPE_CHECKING:
+    from .tty import Pty  # imported where a terminal is made: a ``labkit run`` without -t needs none
 
 __all__ = ["Runtime", "Container", "Bind", "ContainerState", "decode_status", "REGISTRY"]
 
@@ -140,10 +138,25 @@ def _env(base: dict[str, str], extra: dict[str, str] | Sequence[str] | None) -> 
 _FILTERS: dict[frozenset[str], bytes] = {}
 
 
+def _sha256() -> Any:
+    """A new SHA-256 object from CPython's own implementation, which gives hashlib's digests without
+    loading OpenSSL (hashlib's import: ~3-6 ms of every ``labkit run``; the standard library's ``random``
+    does the same with ``_sha512``); hashlib's where it is missing."""
+    try:
+        from _sha256 import sha256  # type: ignore[import-not-found,unused-ignore]  # CPython 3.11
+    except ImportError:
+        try:
+            from _sha2 import sha256  # type: ignore[import-not-found,no-redef,unused-ignore]  # 3.12+
+        except ImportError:
+            from hashlib import sha256  # type: ignore[assignment,unused-ignore]
+    return sha256()
+
+
 def _libseccomp_id() -> str:
     """Which libseccomp (and pyseccomp) would compile the filter, found without loading them (loading
     pyseccomp runs ldconfig: ~30 ms)."""
-    arch = sysconfig.get_config_var("MULTIARCH") or f"{platform.machine()}-linux-gnu"
+    # the Debian multiarch triplet (sysconfig's MULTIARCH) without loading sysconfig's data
+    arch = getattr(sys.implementation, "_multiarch", "") or f"{os.uname().machine}-linux-gnu"
     ids = []
     for d in (f"/usr/lib/{arch}", f"/lib/{arch}", "/usr/lib64", "/lib64", "/usr/lib", "/lib"):
         try:
@@ -166,10 +179,10 @@ def _libseccomp_id() -> str:
 def _filter_key(caps: frozenset[str]) -> str:
     """Names the filter: the profile's code and rules (seccomp.py itself), the capabilities, the
     architecture and the library that compiles it. Any change gives another file."""
-    h = hashlib.sha256()
+    h = _sha256()
     with open(seccomp.__file__, "rb") as f:
         h.update(f.read())
-    h.update(repr((sorted(caps), platform.machine(), _libseccomp_id())).encode())
+    h.update(repr((sorted(caps), os.uname().machine, _libseccomp_id())).encode())
     return h.hexdigest()[:32]
 
 
@@ -215,6 +228,7 @@ def _seccomp_filter(caps: frozenset[str]) -> bytes:
     if bpf is None:
         bpf = seccomp.compile_bpf(caps)
         if path is not None:
+            import tempfile
             try:
                 fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".new-")
                 try:
@@ -421,7 +435,7 @@ class Container:
         if privileged or cap_add or cap_drop:
             profile = Profile.make(cap_add=cap_add, cap_drop=cap_drop, privileged=privileged or s.profile.privileged,
                                    base=s.profile.caps)
-        base = os.path.join(self.dir, f"exec-{secrets.token_hex(4)}")
+        base = os.path.join(self.dir, f"exec-{os.urandom(4).hex()}")
         spec = ExecSpec(process=_process(profile, cmd=cmd, env=_env(dict(e.split("=", 1) for e in s.env), env),
                                          workdir=workdir or s.workdir, uid=uid, gid=gid, tty=tty),
                         pid=s.pid, output=base + ".out", status=base + ".status",  # type: ignore[arg-type]
@@ -445,6 +459,8 @@ class Container:
             if not reply["ok"]:
                 raise _start_error(f"exec in container {self.name}", reply["error"])
             if tty:
+                from .tty import Pty
+                assert master is not None
                 shim = reply["shim"]
                 pty = Pty(master, lambda t=None: self._exec_result(shim, base, t, cmd)[0])   # type: ignore[misc]
                 master = None
@@ -579,7 +595,7 @@ class Runtime:
         """Every container in the state directory, running or not."""
         return [Container(self, s, self._ptys.get(s.id)) for s in self._states() if s.id and is_id(s.id)]
 
-    def ps(self) -> list[dict[str, Any]]:
+    def ps(self) -> builtins.list[dict[str, Any]]:      # (``list`` is the method above, in this class)
         """``docker ps -a`` as rows (for a DataFrame): id, name, status, exit code, pid, ip, network,
         command, privileged."""
         return [{"id": c.id, "name": c.name, "status": c.status, "exit_code": c.exit_code, "pid": c.pid,
@@ -645,14 +661,15 @@ class Runtime:
             raise errors.InvalidArgument("stdin=True", "an attached stdin needs tty=True", fix="give bytes instead")
         if tty and stdin not in (None, True):
             raise errors.InvalidArgument("stdin bytes", "cannot be given with tty=True", fix="write to container.pty")
-        cid = secrets.token_hex(5)
+        cid = os.urandom(5).hex()
         name = check_name(name) if name is not None else cid
         if name != cid and any(c.name == name for c in self.list()):   # a fresh id is unique: skip the scan
             raise errors.AlreadyExists(f"container {name!r}", fix="pick another name or remove the old one")
         if hostname is None:
             hostname = name if len(name) <= HOSTNAME_MAX else cid
         if len(hostname.encode()) > HOSTNAME_MAX or not hostname or "\0" in hostname or "/" in hostname:
-            raise errors.InvalidArgument(f"hostname {hostname!r}", f"must be 1 to {HOSTNAME_MAX} bytes, without / or NUL")
+            raise errors.InvalidArgument(f"hostname {hostname!r}",
+                                         f"must be 1 to {HOSTNAME_MAX} bytes, without / or NUL")
         bind_list = [Bind.parse(b) for b in binds]
         profile = Profile.make(cap_add=cap_add, cap_drop=cap_drop, privileged=privileged)
         uid, gid, home = _resolve_user(rootfs, user)
@@ -693,13 +710,14 @@ class Runtime:
                 state.ip = att.ip
                 req["fds"].append("netns")
                 fds.append(att.netns_fd)
-            if stdin is not None and stdin is not True:
+            if isinstance(stdin, bytes):
                 with open(os.path.join(d, "stdin"), "wb") as f:
                     f.write(stdin)
                 spec.stdin = os.path.join(d, "stdin")
             if tty:
+                from .tty import Pty
                 master, slave = os.openpty()
-                pty = Pty(master, lambda t=None: c.wait(t))
+                pty = Pty(master, lambda t=None: c.wait(t))  # type: ignore[has-type,misc]  # (c: below)
                 undo.callback(pty.close)
                 req["fds"].append("tty")
                 fds.append(slave)

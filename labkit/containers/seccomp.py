@@ -66,13 +66,11 @@ from __future__ import annotations
 import errno
 import functools
 import os
-import platform
-import tempfile
-from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from labkit import errors
 
-_sc = None   # pyseccomp, loaded on the first compile: importing it runs ldconfig (15-30 ms) and the
+_sc: Any = None   # pyseccomp, loaded on the first compile: importing it runs ldconfig (15-30 ms) and the
              # filter is usually cached on disk already; the spawner (python -S) never compiles filters
 
 
@@ -88,8 +86,7 @@ def _load() -> bool:
     return True
 
 
-@dataclass(frozen=True)
-class Rule:
+class Rule(NamedTuple):
     """One rule of the profile: ``names`` get ``action`` (``allow`` or ``errno:<NAME>``), when the
     container has every capability in ``caps`` and none in ``not_caps``; ``args`` are argument checks
     ``(index, op, a, b)`` with ``op`` one of ``eq``, ``ne``, ``masked_eq`` (``arg & a == b``)."""
@@ -217,9 +214,10 @@ def _action(text: str) -> int:
 
 def _arches() -> list[int]:
     """Docker's archMap: on x86_64 also the 32-bit and x32 ABIs, so their syscalls are filtered too."""
-    if platform.machine() == "x86_64":
+    machine = os.uname().machine         # what platform.machine() says, without importing platform
+    if machine == "x86_64":
         return [_sc.Arch.X86, _sc.Arch.X32]
-    if platform.machine() in ("aarch64", "arm64"):
+    if machine in ("aarch64", "arm64"):
         return [_sc.Arch.ARM]
     return []
 
@@ -248,6 +246,7 @@ def compile_bpf(caps: frozenset[str]) -> bytes:
             except (OSError, ValueError):
                 missing.add(name)
     _SKIPPED.update(missing)
+    import tempfile
     with tempfile.TemporaryFile(dir="/dev/shm" if os.path.isdir("/dev/shm") else None) as tmp:
         f.export_bpf(tmp)
         tmp.seek(0)

@@ -37,8 +37,8 @@ False
 from __future__ import annotations
 
 import resource
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from . import capabilities
 
@@ -110,4 +110,4 @@ class Profile:
         return cls(caps=frozenset(d["caps"]), privileged=bool(d["privileged"]),
                    no_new_privs=bool(d["no_new_privs"]), seccomp=bool(d["seccomp"]),
                    masked_paths=tuple(d.get("masked_paths", ())), readonly_paths=tuple(d.get("readonly_paths", ())),
-                   rlimits=tuple(tuple(r) for r in d.get("rlimits", ())))   # type: ignore[misc]
+                   rlimits=tuple(tuple(r) for r in d.get("rlimits", ())))

@@ -15,7 +15,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, NamedTuple
 
 from labkit import errors
 
@@ -43,8 +43,7 @@ def is_id(text: str) -> bool:
     return bool(ID_RE.match(text))
 
 
-@dataclass(frozen=True)
-class Bind:
+class Bind(NamedTuple):
     """A bind mount: host path -> container path, read-only when ``ro``."""
 
     source: str
@@ -66,7 +65,7 @@ class Bind:
                 raise errors.InvalidArgument(f"bind {spec!r}", "expected HOST:CONTAINER[:ro]")
             b = cls(parts[0], parts[1], len(parts) == 3 and parts[2] == "ro")
         else:
-            b = cls(spec[0], spec[1], bool(spec[2]) if len(spec) > 2 else False)  # type: ignore[misc]
+            b = cls(spec[0], spec[1], bool(spec[2]) if len(spec) > 2 else False)
         if not os.path.isabs(b.source) or not os.path.isabs(b.target):
             raise errors.InvalidArgument(f"bind {b.source}:{b.target}", "both paths must be absolute")
         if "\0" in b.source + b.target or ".." in b.target.split("/"):

@@ -22,15 +22,17 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any, Callable, ContextManager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
 
 from .. import errors
 from ..units import format_size
-from .save import COMPRESSIONS, FORMATS
+from .formats import COMPRESSIONS, FORMATS
 
 __all__ = ["register_build", "register_save", "cmd_build", "cmd_save", "recipe_path", "parse_build_args"]
 
-OpenLab = Callable[[argparse.Namespace], ContextManager[Any]]
+OpenLab = Callable[[argparse.Namespace], AbstractContextManager[Any]]
 #: the recipe names looked for in the context when ``-f`` is not given, in order
 RECIPE_NAMES = ("Labfile", "Dockerfile")
 
@@ -93,7 +95,8 @@ def cmd_save(args: argparse.Namespace, open_lab: OpenLab) -> int:
     return 0
 
 
-def register_build(sub: argparse._SubParsersAction, *, open_lab: OpenLab) -> None:
+def register_build(sub: argparse._SubParsersAction[argparse.ArgumentParser], *,
+                   open_lab: OpenLab) -> None:
     """Add ``labkit build`` to ``sub`` (the top-level subcommands)."""
     s = sub.add_parser("build", help="build an image from a recipe (a Labfile: a Dockerfile subset), step by step "
                        "with a cache")
@@ -106,7 +109,8 @@ def register_build(sub: argparse._SubParsersAction, *, open_lab: OpenLab) -> Non
     s.set_defaults(func=lambda args: cmd_build(args, open_lab))
 
 
-def register_save(isub: argparse._SubParsersAction, *, open_lab: OpenLab) -> None:
+def register_save(isub: argparse._SubParsersAction[argparse.ArgumentParser], *,
+                  open_lab: OpenLab) -> None:
     """Add ``save`` to ``labkit image``'s verbs (``isub``)."""
     s = isub.add_parser("save", help="write an image (its layers, config and history) to an archive that "
                         "podman load, skopeo and labkit image import read")

@@ -16,36 +16,46 @@ pandas.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sqlite3
-import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from .. import errors
 from .._db import connect, transaction
-from .._sys.fs import copy_tree
 from ..snapshots import BaseSnapshotter, Info, Kind
 from ..snapshots.capabilities import PoolBacked
-from . import archive, interop, tarsafe
-from . import build as build_mod
-from . import save as save_mod
-from . import repair as repair_mod
-from .busybox import build_busybox_rootfs
-from .layout import (BUILD_PREFIX, ID_RE, L_BUILD, L_COMMENT, L_CREATED_BY, L_IMAGE, L_PARENT, L_RECIPE, L_TAG,
-                     L_VIEW, SNAPSHOT_PREFIX, TMP_DIR, UNMEASURED, VIEW_PREFIX)
-from .lineage import df_rows, render_tree
-from .build import RunStep
-from .records import (BuildResult, CheckReport, DfRow, HistoryEntry, ImageConfig, ImageInfo, PruneReport, Removal,
-                      Requirements, RmiReport, SaveReport, TreeNode)
+from .layout import (
+    BUILD_PREFIX,
+    ID_RE,
+    L_BUILD,
+    L_COMMENT,
+    L_CREATED_BY,
+    L_IMAGE,
+    L_PARENT,
+    L_RECIPE,
+    L_TAG,
+    L_VIEW,
+    SNAPSHOT_PREFIX,
+    TMP_DIR,
+    UNMEASURED,
+    VIEW_PREFIX,
+)
+from .records import ImageConfig
 from .reference import NAME_RULE, TAG_RULE, normalize
-from .safeio import confined
-from .sources import content_size, debian_tarball
-from .sync import sync_tree
+
+# What only some verbs use is imported in the method that uses it, so that opening the store and
+# running a container (``labkit run``) loads none of it: archives and tar extraction (archive, interop,
+# tarsafe), recipes (build), exports (save), repair, lineage, the sources of base images, and the records
+# of listings and reports (each dataclass costs about a millisecond to create).
+if TYPE_CHECKING:
+    from .build import RunStep
+    from .listing import DfRow, HistoryEntry, ImageInfo, Requirements, TreeNode
+    from .reports import BuildResult, CheckReport, PruneReport, Removal, RmiReport, SaveReport
 
 __all__ = ["ImageStore", "SNAPSHOT_PREFIX", "ID_RULE"]
 
@@ -67,8 +77,15 @@ _ADDED = {"config": "TEXT NOT NULL DEFAULT '{}'", "recipe": "TEXT NOT NULL DEFAU
           "build_key": "TEXT NOT NULL DEFAULT ''"}
 
 
+def _confined(path: str, root: str) -> str:
+    """:func:`labkit.images.safeio.confined` (safeio loads tempfile and random: only making images needs them)."""
+    from .safeio import confined as inside_store
+    return inside_store(path, root)
+
+
 def _new_id() -> str:
-    return hashlib.sha256(os.urandom(32) + str(time.time_ns()).encode()).hexdigest()
+    """64 hex digits from the kernel's random source (``hashlib``, with OpenSSL, costs ~4 ms to import)."""
+    return os.urandom(32).hex()
 
 
 class ImageStore:
@@ -108,7 +125,7 @@ class ImageStore:
                 self._db.close()
                 self._db = None
 
-    def __enter__(self) -> "ImageStore":
+    def __enter__(self) -> ImageStore:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -133,12 +150,13 @@ class ImageStore:
 
     def _scratch(self, prefix: str) -> str:
         """A new private directory under ``<root>/tmp`` (checked to be inside the store)."""
-        tmp = confined(os.path.join(self.root, TMP_DIR), self.root)
+        tmp = _confined(os.path.join(self.root, TMP_DIR), self.root)
         os.makedirs(tmp, mode=0o700, exist_ok=True)
-        return confined(tempfile.mkdtemp(prefix=prefix, dir=tmp), self.root)
+        import tempfile
+        return _confined(tempfile.mkdtemp(prefix=prefix, dir=tmp), self.root)
 
     def _drop_scratch(self, path: str) -> None:
-        os.rmdir(confined(path, self.root))
+        os.rmdir(_confined(path, self.root))
 
     def resolve(self, ref: str) -> str:
         """The full image id for a tag, a full id or a unique id prefix (``sha256:`` allowed).
@@ -195,6 +213,7 @@ class ImageStore:
         """Bytes a thin pool can still take (it may promise its devices more than it has), or None."""
         if not isinstance(self.sn, PoolBacked):
             return None
+        from . import tarsafe
         space = self.sn.store_space()
         if space.capacity_bytes is None:
             return None
@@ -220,6 +239,7 @@ class ImageStore:
         recipe's metadata step has its parent's content). ``recipe``/``build_key``: a recipe step's
         ``<file>:<line>`` and cache key.
         """
+        from .sources import content_size
         ref = normalize(tag) if tag else None
         parent_id = self.resolve(parent) if parent else None
         parent_snap = self._row(parent_id)["snapshot"] if parent_id else None
@@ -232,7 +252,7 @@ class ImageStore:
         try:
             mnt = self.sn.prepare(key, parent_snap, labels={L_BUILD: image_id})
             try:
-                with mnt.mount(confined(mnt_dir, self.root)) as target:
+                with mnt.mount(_confined(mnt_dir, self.root)) as target:
                     fill(target)
                     if size is None:
                         size = content_size(target)
@@ -278,6 +298,7 @@ class ImageStore:
 
         >>> store.import_busybox(tag="busybox")      # doctest: +SKIP
         """
+        from .busybox import build_busybox_rootfs
         return self._build(build_busybox_rootfs, parent=None, tag=tag, created_by="labkit import busybox")
 
     def import_dir(self, path: str | os.PathLike[str], *, tag: str | None = None, parent: str | None = None,
@@ -286,6 +307,7 @@ class ImageStore:
 
         >>> store.import_dir("/srv/rootfs", tag="myroot")   # doctest: +SKIP
         """
+        from .._sys.fs import copy_tree
         src = os.path.abspath(path)
         if not os.path.isdir(src):
             raise errors.NotFound(f"directory {src!r}", fix="give an existing directory")
@@ -306,6 +328,7 @@ class ImageStore:
 
         >>> store.import_tar("rootfs.tar.xz", tag="alpine")    # doctest: +SKIP
         """
+        from . import archive, tarsafe
         if isinstance(source, (str, os.PathLike)):
             path = os.fspath(source)
             archive.check_file(path)          # before a snapshot is made
@@ -333,6 +356,7 @@ class ImageStore:
 
         >>> store.import_auto("alpine-oci.tar", tag="alpine")     # doctest: +SKIP
         """
+        from . import interop
         return interop.import_auto(self, path, tag=tag, ref=ref, **limits)[-1]
 
     def import_docker_save(self, archive: str | os.PathLike[str], *, tag: str | None = None,
@@ -342,6 +366,7 @@ class ImageStore:
 
         >>> store.import_docker_save("alpine.tar")     # doctest: +SKIP
         """
+        from . import interop
         return interop.import_docker_archive(self, archive, tag=tag, ref=ref, **limits)
 
     def import_debian(self, *, tag: str | None = "debian:bookworm", suite: str = "bookworm") -> str:
@@ -349,7 +374,8 @@ class ImageStore:
 
         >>> store.import_debian()       # doctest: +SKIP
         """
-        cache = confined(os.path.join(self.root, "cache"), self.root)
+        from .sources import debian_tarball
+        cache = _confined(os.path.join(self.root, "cache"), self.root)
         tar = debian_tarball(cache, suite=suite)
         # built by us from a signed mirror: keep its setuid binaries (su, passwd) and file capabilities
         return self.import_tar(tar, tag=tag, keep_setuid=True, keep_privileged_xattrs=True,
@@ -382,6 +408,7 @@ class ImageStore:
             parent_id = r[0]
         where = self.sn.mounts(active_key).targets()
         if where:
+            from .sync import sync_tree
             live = where[-1]
             return self._build(lambda target: sync_tree(live, target), parent=parent_id, tag=ref,
                                created_by=created_by, comment=comment)
@@ -403,11 +430,12 @@ class ImageStore:
     def _measure_best_effort(self, image_id: str, snap: str) -> None:
         try:
             self._set_size(image_id, self._measure(snap))
-        except Exception:    # the image exists; check() reports the missing size and repair measures it
+        except Exception:  # noqa: BLE001 - the image exists; check() reports the missing size, repair measures it
             pass
 
     def _measure(self, snap: str) -> int:
-        return self._with_view(snap, content_size)
+        from .sources import content_size
+        return int(self._with_view(snap, content_size))
 
     def _with_view(self, snap: str, fn: Callable[[str], Any]) -> Any:
         with self._view(snap) as target:
@@ -420,7 +448,7 @@ class ImageStore:
         try:
             mnt = self.sn.view(key, snap, labels={L_VIEW: snap})
             try:
-                with mnt.mount(confined(mnt_dir, self.root)) as target:
+                with mnt.mount(_confined(mnt_dir, self.root)) as target:
                     yield target
             finally:
                 self.sn.remove(key)
@@ -466,6 +494,7 @@ class ImageStore:
         >>> store.save("app:v1", "/tmp/app.tar").layers       # doctest: +SKIP
         ('sha256:…', 'sha256:…')
         """
+        from . import save as save_mod
         return save_mod.save(self, ref, path, format=format, compress=compress)
 
     def build(self, recipe: str | os.PathLike[str], context: str | os.PathLike[str] | None = None, *,
@@ -478,6 +507,7 @@ class ImageStore:
 
         >>> store.build("Labfile", ".", tag="app:v1", run_step=step).id       # doctest: +SKIP
         """
+        from . import build as build_mod
         return build_mod.build(self, recipe, context, tag=tag, run_step=run_step, build_args=build_args,
                                no_cache=no_cache, progress=progress)
 
@@ -532,6 +562,7 @@ class ImageStore:
     # ---- removing -----------------------------------------------------------------------------------
     def _delete(self, image_id: str) -> Removal:
         """Remove an unused image: row and snapshot together; returns what it freed (its exclusive usage)."""
+        from .reports import Removal
         with self._tx() as db:
             row = self._row(image_id)
             tags = self._tags(image_id)
@@ -557,6 +588,7 @@ class ImageStore:
         >>> store.rmi("app:v1")     # doctest: +SKIP
         RmiReport(ref='app:v1', id='...', untagged=('app:v1',), removals=(Removal(...),), kept_by=())
         """
+        from .reports import RmiReport
         with self._lock:
             image_id = self.resolve(ref)
             tags = self._tags(image_id)
@@ -595,6 +627,7 @@ class ImageStore:
         >>> store.prune().freed    # doctest: +SKIP
         0
         """
+        from .reports import PruneReport, Removal
         everything = all or not dangling_only
         removals: list[Removal] = []
         gone: set[str] = set()
@@ -640,6 +673,7 @@ class ImageStore:
         >>> store.check()         # doctest: +SKIP
         CheckReport(problems=(), repairs=())
         """
+        from . import repair as repair_mod
         return repair_mod.check(self, repair=repair)
 
     # ---- looking ------------------------------------------------------------------------------------
@@ -653,6 +687,7 @@ class ImageStore:
             return 0
 
     def _info(self, row: dict[str, Any], kids: dict[str, list[str]], conts: dict[str, list[Info]]) -> ImageInfo:
+        from .listing import ImageInfo
         cfg = ImageConfig.from_json(_loads(row["config"]))
         return ImageInfo(
             id=row["id"], short_id=row["id"][:12], tags=self._tags(row["id"]), parent=row["parent"],
@@ -684,12 +719,24 @@ class ImageStore:
             kids, conts = self._users()
             return self._info(row, kids, conts)
 
+    def run_info(self, ref: str) -> tuple[str, str, ImageConfig]:
+        """What starting a container on an image needs: ``(image id, snapshot name, config)``, from one row
+        (:meth:`inspect` also measures the image's usage and walks the snapshots for its users).
+
+        >>> store.run_info("busybox")[1]      # doctest: +SKIP
+        'img-3f1c...'
+        """
+        with self._lock:
+            row = self._row(self.resolve(ref))
+        return row["id"], row["snapshot"], ImageConfig.from_json(_loads(row["config"]))
+
     def history(self, ref: str) -> list[HistoryEntry]:
         """The chain from this image back to its base, newest first, with created_by and sizes.
 
         >>> [h.created_by for h in store.history("app")]    # doctest: +SKIP
         ['sh -c make', 'labkit import busybox']
         """
+        from .listing import HistoryEntry
         with self._lock:
             out = []
             image_id: str | None = self.resolve(ref)
@@ -707,6 +754,8 @@ class ImageStore:
 
         >>> text, roots = store.tree()      # doctest: +SKIP
         """
+        from .lineage import render_tree
+        from .listing import TreeNode
         with self._lock:
             rows = self._all_rows()
             kids, conts = self._users()
@@ -727,6 +776,7 @@ class ImageStore:
         >>> store.whatrequires("busybox")     # doctest: +SKIP
         Requirements(images=('1a2b...',), containers=('web',))
         """
+        from .listing import Requirements
         with self._lock:
             root = self.resolve(ref)
             kids, conts = self._users()
@@ -750,6 +800,7 @@ class ImageStore:
 
         >>> [(r.kind, r.name, r.total) for r in store.df()]   # doctest: +SKIP
         """
+        from .lineage import df_rows
         with self._lock:
             rows = self._all_rows()
             _, conts = self._users()

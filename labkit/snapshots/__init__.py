@@ -34,7 +34,8 @@ def _load(name: str) -> type[BaseSnapshotter] | None:
     target = _BACKENDS[name]
     mod, _, cls = target.partition(":")
     try:
-        return getattr(importlib.import_module(mod), cls)
+        found: type[BaseSnapshotter] = getattr(importlib.import_module(mod), cls)
+        return found
     except ModuleNotFoundError as e:
         if e.name == mod:
             return None

@@ -34,7 +34,7 @@ class Mount:
         """True for a read-only mount (a view)."""
         return "ro" in self.options
 
-    def mount(self, target: str | os.PathLike[str]) -> "Mounted":
+    def mount(self, target: str | os.PathLike[str]) -> Mounted:
         """Mount onto ``target`` (an existing directory); returns a handle that unmounts (a context manager).
 
         On failure nothing stays mounted and ``OSError`` names the target.

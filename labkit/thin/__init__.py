@@ -18,10 +18,33 @@ See docs/thin-pool.md.
 """
 from __future__ import annotations
 
-from .check import CheckReport
-from .client import DaemonInfo, PoolClient
-from .metadata import MetadataError
-from .pool import BlockInfo, Device, DeviceDetails, Pool, PoolFull, Status, Usage
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .check import CheckReport
+    from .client import DaemonInfo, PoolClient
+    from .metadata import MetadataError
+    from .pool import BlockInfo, Device, DeviceDetails, Pool, PoolFull, Status, Usage
 
 __all__ = ["Pool", "Device", "DeviceDetails", "Status", "Usage", "BlockInfo", "CheckReport", "PoolFull",
            "MetadataError", "PoolClient", "DaemonInfo"]
+
+#: public name -> the module that defines (or re-exports) it; imported on first use (PEP 562), so that
+#: ``from labkit.thin.client import PoolClient`` does not load the pool, its XML and its checker too
+_WHERE = {"Pool": "pool", "Device": "pool", "DeviceDetails": "pool", "Status": "pool", "Usage": "pool",
+          "BlockInfo": "pool", "PoolFull": "pool", "CheckReport": "check", "MetadataError": "metadata",
+          "PoolClient": "client", "DaemonInfo": "client"}
+
+
+def __getattr__(name: str) -> Any:
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{where}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
