@@ -68,6 +68,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     """Run an experiment with a progress bar, print its summary and save the tidy CSV (+ JSON)."""
     from .experiments import framework
+    from .experiments.executors import open_executor
     if args.list or not args.name:
         for name in framework.names():
             print(framework.get(name).describe())
@@ -91,12 +92,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if isinstance(v, str) and p.sweep:
             params[k] = v.split(",")
     root = os.path.join(_root(args), "bench")
-    df = framework.run(args.name, repeat=args.repeat, root=root, progress=not args.quiet, **params)
+    with open_executor(args.executor) as executor:
+        df = framework.run(args.name, repeat=args.repeat, root=root, progress=not args.quiet, executor=executor,
+                           **params)
     print(f"{exp.name}: {exp.title} (medians, warm-up dropped)")
     print(exp.summarize(df).to_string(float_format=lambda x: f"{x:.4g}"))
     out = framework.save(df, args.out)
     print("wrote " + " and ".join(out.values()))
-    return 0
+    failed = df.attrs.get("failed", {})
+    for case, error in failed.items():
+        print(f"failed: {case}: {error}", file=sys.stderr)
+    if failed:
+        print(f"{len(failed)} case(s) failed; the others' rows are saved", file=sys.stderr)
+    return 1 if failed else 0
 
 
 #: which module registers which verb, so that one verb's run imports only its own module (building every
@@ -169,6 +177,9 @@ def _register_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     s.add_argument("--repeat", type=int, default=5, help="measured repetitions after one warm-up (default 5)")
     s.add_argument("--out", help="CSV file to write (default data/results/<name>-<time>.csv; JSON beside it)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--executor", metavar="SPEC",
+                   help="where cases run: local (default), thread[:N], process[:N], dask[:N] (a local cluster, "
+                        "2 workers), dask:tcp://HOST:8786 (a running scheduler); see docs/experiments.md")
     s.set_defaults(func=cmd_bench)
 
 

@@ -225,3 +225,22 @@ def test_interrupt_lets_running_cases_end_then_stops_the_cluster(tmp_path, caplo
     assert (tmp_path / "finished").exists()
     assert executors._WAITING in caplog.text
     assert _gone(cluster) == set()
+
+
+@pytest.mark.root
+def test_cli_runs_cases_on_an_executor_and_refuses_a_bad_spec(tmp_path):
+    """`labkit bench NAME --executor SPEC`: the same CSV as a local run; a bad spec is a one-line error."""
+    import subprocess
+    cli = [sys.executable, "-m", "labkit.cli", "--root", str(tmp_path / "root")]
+    out = tmp_path / "st.csv"
+    p = subprocess.run([*cli, "bench", "snapshot-time", "--backend", "copy,overlay", "--sizes", "256K",
+                        "--repeat", "1", "--quiet", "--executor", "process:2", "--out", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    import pandas as pd
+    df = pd.read_csv(out)
+    assert set(df["backend"]) == {"copy", "overlay"} and "worker" in df.columns
+    bad = subprocess.run([*cli, "bench", "snapshot-time", "--executor", "cluster"], capture_output=True, text=True,
+                         timeout=60)
+    assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    assert "executor" in bad.stderr and "Traceback" not in bad.stderr
