@@ -45,9 +45,11 @@ apt:
 	  if [ -n "$$vmissing" ]; then DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$vmissing >/dev/null; fi; \
 	fi
 
+# editable_mode=compat: a plain .pth path entry instead of setuptools' import-hook finder, whose own imports
+# cost every `labkit` command ~6 ms (docs/performance.md)
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null && $(PYTHON) -m venv $(VENV); }
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	$(PY) -m pip install -q --disable-pip-version-check --config-settings editable_mode=compat -e '.[test]'
 	@touch $@
 
 venv: $(VENV)/.installed
