@@ -12,8 +12,9 @@ recipe and export machinery (``labkit.images.tarsafe``, ``build``, ``save``, ``i
 """
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._sys import lazy
 
 if TYPE_CHECKING:
     from .busybox import build_busybox_rootfs
@@ -49,14 +50,4 @@ _WHERE = {"ImageStore": "store", "build_busybox_rootfs": "busybox", "parse_refer
                                     "BuildResult", "BuildStep")}}
 
 
-def __getattr__(name: str) -> Any:
-    where = _WHERE.get(name)
-    if where is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{where}", __name__), name)
-    globals()[name] = value          # looked up once
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy.attributes(__name__, _WHERE, globals())

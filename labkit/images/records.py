@@ -19,9 +19,10 @@ answers (``ImageInfo``, ``HistoryEntry``, ``DfRow``, ``TreeNode``, ``Requirement
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._sys import lazy
 
 if TYPE_CHECKING:
     from .listing import DfRow, HistoryEntry, ImageInfo, Requirements, TreeNode
@@ -36,17 +37,7 @@ _WHERE = {**{n: "listing" for n in ("ImageInfo", "HistoryEntry", "DfRow", "TreeN
                                     "BuildResult")}}
 
 
-def __getattr__(name: str) -> Any:
-    where = _WHERE.get(name)
-    if where is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{where}", __package__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy.attributes("labkit.images", _WHERE, globals())
 
 
 @dataclass(frozen=True)
