@@ -265,6 +265,7 @@ def _main(argv: Sequence[str] | None) -> int:
         parser.print_help()
         return 2
     args.root_parser = build_parser() if verb == "completion" else parser   # completion needs every verb
+    prestarted = _prestart(args, verb)
     try:
         return int(args.func(args) or 0)
     except errors.LabkitError as e:
@@ -277,6 +278,28 @@ def _main(argv: Sequence[str] | None) -> int:
     except KeyboardInterrupt:
         print("labkit: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if prestarted is not None:
+            prestarted[0].drop_prestart(prestarted[1])
+
+
+def _prestart(args: argparse.Namespace, verb: str | None) -> tuple[Any, str] | None:
+    """A verb that opens a store may wait for its backend to start something (thin: the pool's daemon,
+    ~45 ms): begin it now, so that it comes up while the verb imports its modules (``labkit.lab`` and
+    below), and end it afterwards if the verb never opened the store (docs/performance.md). Only with the
+    backend named (``--backend``, ``$LABKIT_BACKEND``): choosing the default probes every backend.
+    Returns ``(backend class, store)`` when something was begun."""
+    backend = getattr(args, "backend", None) or os.environ.get("LABKIT_BACKEND")
+    if not backend or VERB_MODULES.get(verb or "") != "labkit.cli_lab":
+        return None
+    from .snapshots import backend_class
+    from .snapshots.capabilities import Prestarting
+    try:
+        cls = backend_class(backend)
+        store = os.path.join(_root(args), "snapshots", backend)        # Lab's layout
+        return (cls, store) if isinstance(cls, Prestarting) and cls.prestart(store) else None
+    except (OSError, errors.LabkitError):
+        return None                 # the verb's own open says what is wrong
 
 
 if __name__ == "__main__":

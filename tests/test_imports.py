@@ -7,6 +7,7 @@ interpreter, from its ``sys.modules``."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -57,22 +58,36 @@ NEVER_RUN = {
     "labkit.snapshots.loopfs": "other backends",
     "tempfile": "making images and compiling filters (it loads random)",
     "socket": "the spawner helper's channel: a direct fork does without",
+    "platform": "~2.5 ms; os.uname() says what platform.machine()/release() say",
 }
-# not pinned yet: `platform` (~2.5 ms; containers/_ns.py, _privs.py and _sys/probe.py call
-# platform.machine()/release() where os.uname() says the same)
+
+#: and `labkit run` on a thin store none of these: it talks to the pool's daemon, which it forks and which
+#: imports the pool and FUSE itself
+NEVER_THIN_RUN = {
+    "labkit.thin.pool": "the pool: the daemon's", "labkit.thin.check": "CheckReport: pool_check() only",
+    "labkit.thin.xml": "thin_dump XML", "labkit.thin.metadata": "the pool's metadata: the daemon's",
+    "labkit.thin.records": "Status, Usage ...: status() and usage() only", "labkit.thin.daemon": "the daemon",
+    "labkit.thin.exportfs": "FUSE: the daemon's", "mfusepy": "FUSE: the daemon's",
+    "logging": "registers an atexit callback, which keeps the process from ending at once",
+    "hashlib": NEVER_FAST["hashlib"],
+}
 
 PROBE = """
-import json, sys
+import atexit, json, sys, threading
 from labkit.cli import main
 rc = main(sys.argv[1:])
-print(json.dumps({"rc": rc, "mods": sorted(sys.modules)}))
+print(json.dumps({"rc": rc, "mods": sorted(sys.modules), "atexit": atexit._ncallbacks(),
+                  "threads": threading.active_count()}))
 """
 
 
-def _imports(*argv: str) -> tuple[int, set[str]]:
+def _probe(*argv: str) -> dict:
     r = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, timeout=120)
-    last = r.stdout.strip().splitlines()[-1]
-    data = json.loads(last)
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _imports(*argv: str) -> tuple[int, set[str]]:
+    data = _probe(*argv)
     return data["rc"], set(data["mods"])
 
 
@@ -103,6 +118,24 @@ def test_run_and_images_import_nothing_heavy(tmp_path):
         assert not bad, f"labkit {' '.join(argv[:2])} imported: " + "; ".join(f"{m} ({why})" for m, why in bad.items())
 
 
+@pytest.mark.root
+@pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse (modprobe fuse)")
+def test_thin_run_loads_the_client_only_and_can_end_at_once(tmp_path):
+    """On thin, `labkit run` talks to the pool's daemon: no pool, FUSE, records or logging in the CLI
+    process (logging's atexit callback alone cost it the fast end, 15-25 ms), no thread left, and the
+    daemon it started is gone when it ends."""
+    from labkit.thin.gc import pool_daemons
+    R = ["--root", str(tmp_path / "lab"), "--backend", "thin"]
+    assert _probe("image", "import", "busybox", *R)["rc"] == 0
+    data = _probe("run", "--rm", *R, "busybox", "true")
+    assert data["rc"] == 0
+    banned = {k: v for k, v in (NEVER_THIN_RUN | NEVER_RUN).items() if k != "socket"}   # (the client's)
+    bad = _loaded(set(data["mods"]), banned)
+    assert not bad, "labkit run (thin) imported: " + "; ".join(f"{m} ({why})" for m, why in bad.items())
+    assert (data["atexit"], data["threads"]) == (0, 1)
+    assert pool_daemons(str(tmp_path), False) == []
+
+
 def test_run_registers_only_its_own_verb():
     """`labkit run` builds the parser of `run` alone (each subcommand costs argparse about a millisecond,
     most of it in gettext looking for translations of its help texts)."""
@@ -131,6 +164,7 @@ def test_lazy_package_names_resolve():
 
 
 def test_save_formats_are_named_once():
-    """The CLI offers save's formats from labkit.images.formats, without importing the writer."""
+    """The CLI offers save's formats from labkit.images.formats, without importing the writer, which
+    checks against the same tuples."""
     from labkit.images import formats, save
-    assert save.FORMATS == formats.FORMATS and save.COMPRESSIONS == formats.COMPRESSIONS
+    assert save.FORMATS is formats.FORMATS and save.COMPRESSIONS is formats.COMPRESSIONS

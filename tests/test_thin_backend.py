@@ -240,3 +240,89 @@ def test_orphan_device_of_a_crashed_prepare_is_recovered(tmp_path, caplog):
                 sn.prepare("d", "img")
         sn.prepare("d", "img")
         assert sn.pool_check().ok
+
+
+def _super_options(target) -> str:
+    return next(m.super_options for m in mounts.mountinfo() if m.target == str(target))
+
+
+def test_ephemeral_snapshot_mounts_nobarrier_and_commits_durably(tmp_path, monkeypatch):
+    """A `run --rm` container's snapshot (base.EPHEMERAL) is mounted `nobarrier`: ext4 sends no flush, so
+    neither its journal nor its unmount commits the pool (docs/performance.md); committing one anyway
+    syncs its mount first (_persist), and the image has every byte."""
+    from labkit.snapshots.base import EPHEMERAL
+    target = tmp_path / "t"
+    target.mkdir()
+    with open_snapshotter("thin", tmp_path / "s", data_size="512M", base_size="128M") as sn:
+        for key, labels in (("plain", {}), ("eph", {EPHEMERAL: "true"})):
+            with sn.prepare(key, labels=labels).mount(target):
+                assert ("nobarrier" in _super_options(target)) == (key == "eph")
+        synced = []
+        real = type(sn)._persist
+        monkeypatch.setattr(type(sn), "_persist", lambda self, row: synced.append(row.name) or real(self, row))
+        mounted = sn.prepare("eph2", labels={EPHEMERAL: "true"}).mount(target)
+        (target / "data").write_bytes(b"x" * (3 << 20))
+        sn._persist(sn._get("eph2"))                      # what commit does while it is still mounted
+        mounted.unmount()
+        sn.commit("img", "eph2")
+        assert synced == ["eph2", "eph2"]
+        with sn.prepare("child", "img").mount(target):
+            assert "nobarrier" not in _super_options(target)
+            assert (target / "data").read_bytes() == b"x" * (3 << 20)
+        for key in ("plain", "eph", "child"):
+            sn.remove(key)
+        assert sn.pool_check().ok
+    assert not mounts.mounts_under(str(tmp_path))
+
+
+def test_prestart_is_taken_over_or_dropped(tmp_path):
+    """The Prestarting ability: prestart() forks the daemon and returns at once; this process's next open
+    of the store takes it over (no second daemon); one nobody took is stopped by drop_prestart(); no
+    prestart without a pool, beside a running daemon, or in a process with threads."""
+    import threading
+
+    from labkit.snapshots import backend_class
+    from labkit.snapshots.capabilities import Prestarting
+    from labkit.thin import client as tc
+    from labkit.thin.gc import pool_daemons
+    assert isinstance(ThinSnapshotter, Prestarting) and not isinstance(backend_class("overlay"), Prestarting)
+    store = str(tmp_path / "s")
+    pool = tc.store_paths(store)[0]
+    assert not ThinSnapshotter.prestart(store)                             # no pool yet
+    open_snapshotter("thin", store, data_size="512M", base_size="128M").close()
+    assert ThinSnapshotter.prestart(store) and not ThinSnapshotter.prestart(store)
+    pid = tc._PENDING[pool].pid
+    with open_snapshotter("thin", store) as sn:
+        assert sn.client.daemon_info().pid == pid and not tc._PENDING
+        assert not ThinSnapshotter.prestart(store)                         # a daemon serves
+    ThinSnapshotter.drop_prestart(store)                                   # nothing pending: nothing to do
+    assert _wait_gone(pid)
+    assert ThinSnapshotter.prestart(store)
+    pid = tc._PENDING[pool].pid
+    ThinSnapshotter.drop_prestart(store)
+    assert _wait_gone(pid) and not tc._PENDING and not pool_daemons(str(tmp_path), False)
+    stop = threading.Event()
+    t = threading.Thread(target=stop.wait)
+    t.start()
+    try:
+        assert not ThinSnapshotter.prestart(store)                         # forking needs one thread
+    finally:
+        stop.set()
+        t.join()
+    assert not mounts.mounts_under(str(tmp_path))
+
+
+def test_cli_on_thin_leaves_no_daemon_even_when_the_verb_fails(tmp_path):
+    """`labkit --backend thin` prestarts the daemon while it imports; whether the verb succeeds or fails
+    before it opens the store, no daemon and no mount are left when the command ends."""
+    from labkit.thin.gc import pool_daemons
+    cmd = [sys.executable, "-m", "labkit.cli", "--root", str(tmp_path / "lab"), "--backend", "thin"]
+    subprocess.run([*cmd, "image", "import", "busybox"], check=True, capture_output=True, timeout=120)
+    for argv, code in ((["run", "--rm", "busybox", "sh", "-c", "exit 3"], 3), (["run", "--rm", "-t", "busybox"], 125),
+                       (["run", "--rm", "no-such-image"], 125), (["images", "-q"], 0)):
+        r = subprocess.run([*cmd, *argv], capture_output=True, text=True, timeout=120)
+        assert r.returncode == code, (argv, r.stderr)
+        assert pool_daemons(str(tmp_path), False) == [], argv
+        assert not mounts.mounts_under(str(tmp_path)), argv
+    log = (tmp_path / "lab" / "snapshots" / "thin" / "pool" / "daemon.log").read_text()
+    assert "Traceback" not in log

@@ -7,7 +7,6 @@ True
 from __future__ import annotations
 
 import os
-import platform
 import subprocess
 
 from .mounts import mountinfo
@@ -50,4 +49,4 @@ def is_root() -> bool:
 
 def kernel() -> str:
     """The running kernel release, e.g. ``6.18.0``."""
-    return platform.release()
+    return os.uname().release

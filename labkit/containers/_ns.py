@@ -14,7 +14,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
 
 from labkit._sys.libc import check, fsencode, libc
 
@@ -57,9 +56,9 @@ def pivot_root(new_root: str, put_old: str) -> None:
     """pivot_root(2): make ``new_root`` (a mount point, not on the current root's mount) the root of this
     mount namespace and move the old root to ``put_old`` (may be ``new_root`` itself, as runc does:
     then unmount ``"."`` with ``MNT_DETACH`` right after)."""
-    nr = _SYS_PIVOT_ROOT.get(platform.machine())
+    nr = _SYS_PIVOT_ROOT.get(os.uname().machine)
     if nr is None:
-        raise OSError(errno.ENOSYS, f"pivot_root: unknown syscall number on {platform.machine()}")
+        raise OSError(errno.ENOSYS, f"pivot_root: unknown syscall number on {os.uname().machine}")
     check(libc.syscall(ctypes.c_long(nr), fsencode(new_root), fsencode(put_old)),
           f"pivot_root {new_root} {put_old}", new_root)
 

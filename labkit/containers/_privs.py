@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import platform
+import os
 
 from labkit._sys.libc import check, fsencode, libc
 
@@ -92,9 +92,9 @@ def seccomp_set_mode_filter(bpf: bytes, flags: int = 0) -> None:
     """seccomp(SECCOMP_SET_MODE_FILTER): install the classic-BPF program ``bpf`` (8 bytes per
     instruction) on the calling thread. Needs ``no_new_privs`` set or CAP_SYS_ADMIN (else EACCES);
     the filter is inherited across fork and execve and can never be removed."""
-    nr = _SYS_SECCOMP.get(platform.machine())
+    nr = _SYS_SECCOMP.get(os.uname().machine)
     if nr is None:
-        raise OSError(errno.ENOSYS, f"seccomp: unknown syscall number on {platform.machine()}")
+        raise OSError(errno.ENOSYS, f"seccomp: unknown syscall number on {os.uname().machine}")
     if not bpf or len(bpf) % 8:
         raise OSError(errno.EINVAL, "seccomp: a BPF program is a non-empty multiple of 8 bytes")
     buf = ctypes.create_string_buffer(bpf, len(bpf))

@@ -30,8 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from labkit import errors
 
@@ -41,20 +40,26 @@ RUN_DIR = "/run/labkit"
 PREFIX = "lk-"
 
 
-@dataclass(frozen=True)
-class BridgeConfig:
-    """Where bridge-mode containers live: bridge name, subnet (the bridge takes its first address), NAT."""
-
+class _Bridge(NamedTuple):
     name: str = "lk-br0"
     subnet: str = "10.88.0.0/16"
     nat: bool = False
 
-    def __post_init__(self) -> None:
-        if not self.name.startswith(PREFIX) or len(self.name) > 15:
-            raise errors.InvalidArgument(f"bridge name {self.name!r}", "must start with lk- and have <= 15 chars")
-        net = ipaddress.ip_network(self.subnet)
-        if net.num_addresses < 4:
-            raise errors.InvalidArgument(f"subnet {self.subnet}", "too small", fix="use a /30 or larger")
+
+class BridgeConfig(_Bridge):
+    """Where bridge-mode containers live: bridge name, subnet (the bridge takes its first address), NAT.
+
+    A named tuple (``_replace`` makes a changed copy, unchecked): every `Runtime` makes one, and the
+    frozen dataclass it was cost ~1 ms to create on every `labkit run` (docs/performance.md)."""
+
+    __slots__ = ()
+
+    def __new__(cls, name: str = "lk-br0", subnet: str = "10.88.0.0/16", nat: bool = False) -> BridgeConfig:
+        if not name.startswith(PREFIX) or len(name) > 15:
+            raise errors.InvalidArgument(f"bridge name {name!r}", "must start with lk- and have <= 15 chars")
+        if ipaddress.ip_network(subnet).num_addresses < 4:
+            raise errors.InvalidArgument(f"subnet {subnet}", "too small", fix="use a /30 or larger")
+        return super().__new__(cls, name, subnet, nat)
 
     @property
     def network(self) -> ipaddress.IPv4Network:
@@ -173,8 +178,7 @@ def nat_rule(cfg: BridgeConfig) -> list[str]:
             "-m", "comment", "--comment", f"labkit-{cfg.name}"]
 
 
-@dataclass
-class Attachment:
+class Attachment(NamedTuple):
     """A container's bridge attachment: its address and the namespace fd to hand to the spawner."""
 
     ip: str

@@ -443,7 +443,7 @@ class Container:
         if stdin is not None:
             with open(base + ".in", "wb") as f:
                 f.write(stdin)
-            spec.stdin = base + ".in"
+            spec = spec._replace(stdin=base + ".in")
         master = None
         done = False
         try:
@@ -713,7 +713,7 @@ class Runtime:
             if isinstance(stdin, bytes):
                 with open(os.path.join(d, "stdin"), "wb") as f:
                     f.write(stdin)
-                spec.stdin = os.path.join(d, "stdin")
+                spec = spec._replace(stdin=os.path.join(d, "stdin"))
             if tty:
                 from .tty import Pty
                 master, slave = os.openpty()

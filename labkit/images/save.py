@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from .. import errors
+from .formats import COMPRESSIONS, FORMATS
 from .interop import host_platform
 from .layers import Digesting, gzip_writer, write_layer
 from .records import ImageConfig, SaveReport
@@ -49,8 +50,6 @@ if TYPE_CHECKING:
 
 __all__ = ["save", "FORMATS", "COMPRESSIONS"]
 
-FORMATS = ("oci-archive", "docker-archive", "rootfs")
-COMPRESSIONS = ("gzip", "none")
 MT_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MT_INDEX = "application/vnd.oci.image.index.v1+json"
 MT_CONFIG = "application/vnd.oci.image.config.v1+json"

@@ -30,24 +30,33 @@ import ctypes
 import fcntl
 import importlib.util
 import json
-import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import errors
 from .._sys import mounts as sysmount
 from .._sys.fs import make_base_ext4, require_binary
+from .._sys.libc import check, libc
 from .._sys.probe import has_filesystem, is_root
-from ..thin.check import CheckReport
-from ..thin.client import PoolClient
-from ..thin.pool import Pool
-from ..thin.records import Status
+from ..thin.client import PoolClient, drop_prestart, prestart, store_paths
 from ..units import parse_size
 from .base import BaseSnapshotter, Kind, Mount, Row, Usage
 from .capabilities import SnapshotBlock, StoreSpace
 
+if TYPE_CHECKING:  # a `labkit run` talks to the daemon only: the pool, its checker and records load on use
+    import logging
+
+    from ..thin.check import CheckReport
+    from ..thin.records import Status
+
 BASE_DEV = 0
-log = logging.getLogger("labkit.snapshots.thin")
+
+
+def _log() -> logging.Logger:
+    """The backend's logger, imported when something is logged (``logging`` registers an ``atexit``
+    callback, which keeps a CLI process from ending at once: docs/performance.md)."""
+    import logging
+    return logging.getLogger("labkit.snapshots.thin")
 
 
 def _fuse_reason() -> str | None:
@@ -84,6 +93,20 @@ class ThinSnapshotter(BaseSnapshotter):
         super().__init__(root)
 
     @classmethod
+    def prestart(cls, root: str) -> bool:
+        """Fork the pool's daemon of the store at ``root`` now and return at once (the ability
+        :class:`~labkit.snapshots.capabilities.Prestarting`; the CLI calls it before it imports the rest,
+        so the daemon's ~45 ms start overlaps that); opening the store in this process takes it over.
+        False when there is no pool yet, a daemon runs, another process starts one, or this process has
+        threads."""
+        return prestart(*store_paths(str(root)))
+
+    @classmethod
+    def drop_prestart(cls, root: str) -> None:
+        """Stop a daemon :meth:`prestart` began for ``root`` that no open took over."""
+        drop_prestart(store_paths(str(root))[0])
+
+    @classmethod
     def supported(cls, root: str) -> str | None:
         if not is_root():
             return "needs root for loop devices and mounts: run as root"
@@ -91,14 +114,15 @@ class ThinSnapshotter(BaseSnapshotter):
 
     # -- pool and base device -------------------------------------------------------------------
     def _open(self) -> None:
-        pool_path = os.path.join(self.root, "pool")
-        client = PoolClient(pool_path, os.path.join(self.root, "dev"), idle=self.idle)
+        pool_path, mountpoint = store_paths(self.root)
+        client = PoolClient(pool_path, mountpoint, idle=self.idle)    # (takes over a daemon the CLI prestarted)
         # two processes opening a new store at once: one makes the pool and the base device, the other waits
         lock = os.open(os.path.join(self.root, "thin.lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
                        0o600)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not os.path.exists(os.path.join(pool_path, "metadata")):
+                from ..thin.pool import Pool  # only to make a new pool; the daemon owns an existing one
                 Pool.create(pool_path, data_size=self.data_size, block_size=self.block_size).close()
             self.client = client
             if BASE_DEV not in client.devices():
@@ -141,7 +165,7 @@ class ThinSnapshotter(BaseSnapshotter):
             if self.idle >= 0:
                 c.stop()
         except (errors.LabkitError, OSError) as e:  # the daemon stops by itself when idle anyway
-            log.warning("closing thin store %s: could not ask its daemon to stop: %s", self.root, e)
+            _log().warning("closing thin store %s: could not ask its daemon to stop: %s", self.root, e)
         finally:
             c.close()
 
@@ -170,7 +194,7 @@ class ThinSnapshotter(BaseSnapshotter):
         if where:
             raise errors.FailedPrecondition(f"orphan thin device {dev_id} of {self.root}", f"is mounted at {where[0]}",
                                             fix="unmount it (or run `labkit gc`) and retry")
-        log.warning("thin device %d of %s belongs to no snapshot (left by a process that died mid-prepare): "
+        _log().warning("thin device %d of %s belongs to no snapshot (left by a process that died mid-prepare): "
                     "deleting it", dev_id, self.root)
         c.detach(dev_id)
         c.delete(dev_id)
@@ -185,11 +209,26 @@ class ThinSnapshotter(BaseSnapshotter):
             # ext4lazyinit, which zeroes the inode tables in the background for minutes (through the pool
             # daemon), in every container; uninitialised tables are safe (ext4 knows which inodes are unused)
             opts = ["noinit_itable", *opts]
+            if row.state.get("ephemeral"):
+                # a `run --rm` container's (base.py, "Ephemeral snapshots"): ext4 sends no flush, so its
+                # journal commits and its unmount do not each commit the pool through the daemon (three
+                # fsyncs each: 12-50 ms of every thin `labkit run --rm`); overlay's `volatile`, for ext4
+                opts.append("nobarrier")
         return Mount("ext4", loopdev, tuple(opts))
 
     def _mounted_at(self, row: Row, chain: list[Row]) -> list[str]:
         loopdev = self._pool().loop_of(row.state.get("dev", -1))
         return Mount("ext4", loopdev).targets() if loopdev else []
+
+    def _persist(self, row: Row) -> None:
+        """An ephemeral snapshot's ext4 is mounted ``nobarrier``: write what a mount of it still holds
+        to the device (syncfs); :meth:`_commit` then flushes the device, which commits the pool."""
+        for target in self._mounted_at(row, []):
+            fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                check(libc.syncfs(fd), "syncfs", target)
+            finally:
+                os.close(fd)
 
     def _commit(self, row: Row, chain: list[Row]) -> dict[str, Any] | None:
         c = self._pool()
@@ -202,7 +241,7 @@ class ThinSnapshotter(BaseSnapshotter):
         dev = row.state.get("dev")
         if dev is None:
             return
-        c.detach(dev)
+        c.detach(dev, flush=False)         # its data goes: no flush; the delete waits for the loop to let go
         if dev in c.devices():
             c.delete(dev)
 

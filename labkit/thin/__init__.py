@@ -18,8 +18,9 @@ See docs/thin-pool.md.
 """
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._sys import lazy
 
 if TYPE_CHECKING:
     from .check import CheckReport
@@ -36,15 +37,4 @@ _WHERE = {"Pool": "pool", "Device": "pool", "DeviceDetails": "pool", "Status": "
           "BlockInfo": "pool", "PoolFull": "pool", "CheckReport": "check", "MetadataError": "metadata",
           "PoolClient": "client", "DaemonInfo": "client"}
 
-
-def __getattr__(name: str) -> Any:
-    where = _WHERE.get(name)
-    if where is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{where}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy.attributes(__name__, _WHERE, globals())

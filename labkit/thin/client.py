@@ -8,7 +8,13 @@
 client has: ``attach``/``detach``/``loop_of``/``device_file``, ``daemon_info``, ``stop`` and ``close``.
 
 The daemon is started on demand (one per pool: a second starter waits for the first, then connects) and
-outlives the client while loop devices over its files are in use; it stops itself when idle. A loop device
+outlives the client while loop devices over its files are in use; it stops itself when idle. It says it
+is ready through a pipe (no polling). A process with one thread **forks** it (``start_method="auto"``: a
+CLI, a script; ~45 ms); a process with threads (a Jupyter kernel) starts a new interpreter (``python -I
+-S``; ~100 ms of interpreter start and imports). Either way it is isolated from its caller: its own
+session, cwd ``/``, a minimal environment, stdin ``/dev/null``, output to ``daemon.log``, no inherited
+descriptor but its own, and a ``sys.path`` of labkit's directory and the interpreter's own directories only
+(never ``''``, the caller's cwd, ``PYTHONPATH`` or the user's site-packages). A loop device
 this client attaches is held open by the client and set to auto-clear, so the kernel tears it down when the
 last user lets go — this client's :meth:`close`, the unmount of a container's root, another process's
 close — and no process ever detaches a device another one still uses.
@@ -22,27 +28,31 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import json
-import logging
 import os
+import select
 import socket
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 from .. import errors
 from .._sys import loop
 from . import loopdev, wire
-from .check import CheckReport
-from .records import BlockInfo, DeviceDetails, Status, Usage
 
-__all__ = ["PoolClient", "DaemonInfo"]
+if TYPE_CHECKING:  # imported where they are made: a `labkit run` needs none of them (docs/performance.md)
+    import logging
 
-log = logging.getLogger("labkit.thin.client")
+    from .check import CheckReport
+    from .records import BlockInfo, DeviceDetails, Status, Usage
+
+__all__ = ["PoolClient", "DaemonInfo", "START_METHODS"]
+
+#: how :meth:`PoolClient.connect` starts a daemon: ``auto`` forks it when this process has one thread and
+#: starts a new interpreter otherwise; ``fork`` (refused in a process with threads); ``exec``
+START_METHODS = ("auto", "fork", "exec")
 
 #: the directory that holds the ``labkit`` package: the daemon imports labkit from here and nowhere else
 _LABKIT_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -50,10 +60,171 @@ _LABKIT_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath
 _IDEMPOTENT = frozenset({"ping", "devices", "commit", "status", "usage", "usages", "mappings", "sharing",
                          "block_map", "details", "check"})
 _DAEMON_ENV_PASS = ("FUSE_LIBRARY_PATH",)  # which libfuse mfusepy loads (HOST-NOTES)
+_DAEMON_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+#: what a forked daemon inherited and must never let go of (a finalizer would close a descriptor number
+#: that the daemon's own files may have taken by then)
+_INHERITED: list[Any] = []
 
 
-@dataclass(frozen=True)
-class DaemonInfo:
+def _log() -> logging.Logger:
+    """This module's logger, imported when something is logged: importing ``logging`` registers an
+    ``atexit`` callback, and a CLI process with one ends through the interpreter's teardown (15-25 ms)."""
+    import logging
+    return logging.getLogger("labkit.thin.client")
+
+
+def _sha1_hex(data: bytes) -> str:
+    """SHA-1 from CPython's own implementation (hashlib's would load OpenSSL: 3-6 ms of a CLI's start)."""
+    try:
+        from _sha1 import sha1  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        from hashlib import sha1
+    return str(sha1(data).hexdigest())
+
+
+def single_threaded() -> bool:
+    """Whether this process has one thread, by the kernel's count (which also sees the threads Python's
+    ``threading`` does not: a Jupyter kernel's ZeroMQ threads, a BLAS pool). Forking is safe only then."""
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        return False
+
+
+def isolated_path() -> list[str]:
+    """The daemon's ``sys.path``: labkit's parent directory, then this interpreter's own directories (the
+    standard library and the site-packages under ``sys.prefix`` and ``sys.base_prefix``), which is what
+    ``python -I`` searches; never ``''``, the caller's working directory, ``PYTHONPATH`` outside them or the
+    user's site-packages.
+
+    >>> isolated_path()[0] == _LABKIT_PARENT and "" not in isolated_path()
+    True
+    """
+    prefixes = tuple({os.path.realpath(p).rstrip("/") + "/"
+                      for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix)} - {"/"})
+    out = [_LABKIT_PARENT]
+    for p in sys.path:
+        if p and os.path.isabs(p) and p not in out and (os.path.realpath(p) + "/").startswith(prefixes):
+            out.append(p)
+    return out
+
+
+def _daemon_env() -> dict[str, str]:
+    env = {"PATH": _DAEMON_PATH, "LANG": "C.UTF-8"}
+    env.update({k: os.environ[k] for k in _DAEMON_ENV_PASS if k in os.environ})
+    return env
+
+
+def _open_log(pool_path: str) -> int:
+    return os.open(os.path.join(pool_path, "daemon.log"),
+                   os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+
+
+def _fork_daemon(pool_path: str, mountpoint: str, idle: float, ready_w: int) -> int:
+    """Fork the pool's daemon from this process, which must have one thread (:func:`single_threaded`);
+    the child isolates itself (:func:`_serve_forked`) before it imports anything. Saves the new
+    interpreter's start and the imports this process already has. Returns the child's pid (the caller
+    reaps it)."""
+    if not single_threaded():
+        raise errors.FailedPrecondition(f"forking the thin pool daemon for {pool_path}",
+                                        "is unsafe in a process with threads", fix="use start_method='auto'")
+    env, path, logfd = _daemon_env(), isolated_path(), _open_log(pool_path)
+    try:
+        for f in (sys.stdout, sys.stderr):   # the caller's buffered output: written once, by the caller
+            try:
+                f.flush()
+            except (AttributeError, OSError, ValueError):
+                pass
+        pid = os.fork()
+        if pid == 0:
+            _serve_forked(pool_path, mountpoint, idle, ready_w, logfd, env, path)
+        return pid
+    finally:
+        os.close(logfd)
+
+
+class _Prestart(NamedTuple):
+    mountpoint: str
+    lock: int          # the start lock, held until a client takes the daemon over
+    ready_r: int       # the daemon's ready pipe
+    pid: int
+
+
+#: pool path -> a daemon this process started ahead of its first client (:func:`prestart`)
+_PENDING: dict[str, _Prestart] = {}
+
+
+def store_paths(store: str) -> tuple[str, str]:
+    """The pool directory and the FUSE mount point of the ``thin`` backend's store at ``store``."""
+    return os.path.join(store, "pool"), os.path.join(store, "dev")
+
+
+def prestart(pool_path: str, mountpoint: str, *, idle: float = 2.0) -> bool:
+    """Begin starting the daemon of the pool at ``pool_path`` and return at once, so that it comes up
+    while this process does other work (the CLI: while it imports what a verb needs, ~50-60 ms, against
+    the daemon's ~45 ms); this process's next :meth:`PoolClient.connect` to the pool takes it over, and
+    :func:`drop_prestart` stops one nobody took. Returns whether it started one: not when the pool does
+    not exist yet, a daemon's socket is there, another process is starting one, or this process has
+    threads (it forks the daemon, as :meth:`PoolClient.connect` does).
+
+    >>> prestart("/nonexistent/pool", "/nonexistent/dev")
+    False
+    """
+    pool_path, mountpoint = os.path.abspath(pool_path), os.path.abspath(mountpoint)
+    if (pool_path in _PENDING or not os.path.exists(os.path.join(pool_path, "metadata"))
+            or not single_threaded()):
+        return False
+    ctl = wire.open_ctl_dir(pool_path, create=True)
+    try:
+        if os.path.lexists(os.path.join(f"/proc/self/fd/{ctl}", wire.SOCK)):
+            return False                     # a daemon serves (or one died: connect() sees to it)
+        lock = os.open(wire.START_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=ctl)
+    finally:
+        os.close(ctl)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(lock)
+        return False                         # another process is starting one
+    try:
+        r, w = os.pipe2(os.O_CLOEXEC)
+        try:
+            pid = _fork_daemon(pool_path, mountpoint, idle, w)
+        except BaseException:
+            os.close(r)
+            raise
+        finally:
+            os.close(w)
+    except BaseException:
+        os.close(lock)
+        raise
+    _PENDING[pool_path] = _Prestart(mountpoint, lock, r, pid)
+    return True
+
+
+def drop_prestart(pool_path: str | None = None) -> None:
+    """Stop the daemon this process prestarted for ``pool_path`` (every one when None) if no client took it
+    over (a command that failed before it opened its store): a daemon never outlives the command that
+    started it for nothing.
+
+    >>> drop_prestart("/nonexistent/pool")
+    """
+    pools = list(_PENDING) if pool_path is None else [os.path.abspath(pool_path)]
+    for path in pools:
+        pending = _PENDING.get(path)
+        if pending is None:
+            continue
+        c = PoolClient(path, pending.mountpoint)
+        try:
+            if c.connect(start=False):
+                c.stop()
+        except (errors.LabkitError, OSError):
+            pass                             # it stops by itself when idle
+        finally:
+            c.close()
+
+
+class DaemonInfo(NamedTuple):
     """What the daemon says about itself: its pid, whether its FUSE export is up, open device files,
     connected clients, and the pool's block size and size in blocks."""
 
@@ -66,8 +237,7 @@ class DaemonInfo:
 
 
 def _daemon_info(d: dict[str, Any]) -> DaemonInfo:
-    names = DaemonInfo.__dataclass_fields__
-    return DaemonInfo(**{k: v for k, v in d.items() if k in names})
+    return DaemonInfo(**{k: v for k, v in d.items() if k in DaemonInfo._fields})
 
 
 class _Gone(Exception):
@@ -80,20 +250,27 @@ class _Gone(Exception):
 
 class PoolClient:
     """A connection to the daemon that owns the pool at ``pool_path`` (started when needed), which
-    exports its devices under ``mountpoint``. ``idle``: seconds the daemon lingers unused (-1: forever)."""
+    exports its devices under ``mountpoint``. ``idle``: seconds the daemon lingers unused (-1: forever);
+    ``start_method``: how a daemon is started when none runs (:data:`START_METHODS`)."""
 
-    def __init__(self, pool_path: str, mountpoint: str, *, idle: float = 2.0, start_timeout: float = 20.0) -> None:
+    def __init__(self, pool_path: str, mountpoint: str, *, idle: float = 2.0, start_timeout: float = 20.0,
+                 start_method: str = "auto") -> None:
+        if start_method not in START_METHODS:
+            raise errors.InvalidArgument(f"thin pool daemon start method {start_method!r}", "is not known",
+                                         fix="use one of " + ", ".join(START_METHODS))
         self.pool_path = os.path.abspath(pool_path)
         self.mountpoint = os.path.abspath(mountpoint)
         self.idle = idle
         self.start_timeout = start_timeout
-        self.tag = hashlib.sha1(self.pool_path.encode()).hexdigest()[:8]
+        self.start_method = start_method
+        self.tag = _sha1_hex(self.pool_path.encode())[:8]
         self._sock: socket.socket | None = None
         self._file: Any = None
         self._info: DaemonInfo | None = None
         self._lock = threading.RLock()        # one request at a time on the connection
         self._loop_lock = threading.Lock()
         self._held: dict[int, tuple[str, int]] = {}   # dev id -> (loop device, our open fd on it)
+        self._children: list[int | subprocess.Popen[bytes]] = []   # daemons this client started, not reaped
 
     def __enter__(self) -> PoolClient:
         return self
@@ -116,6 +293,9 @@ class PoolClient:
         with self._lock:
             if self._sock is not None:
                 return True
+            pending = _PENDING.pop(self.pool_path, None)
+            if pending is not None:
+                self._take_over(pending)
             if self._try_connect() or not start:
                 return self._sock is not None
             deadline = time.monotonic() + self.start_timeout
@@ -127,15 +307,10 @@ class PoolClient:
                 os.close(ctl)
             try:  # one starter at a time; the others find the daemon up when they get the lock
                 self._flock(lock, deadline)
-                proc: subprocess.Popen[bytes] | None = None
-                while not self._try_connect():
-                    if proc is not None and proc.returncode not in (None, 0):
-                        raise self._did_not_start(f"exited with status {proc.returncode}")
-                    if proc is None or proc.returncode == 0:  # none yet, or it ran and already stopped
-                        proc = self._spawn()
+                while not self._try_connect():   # (a daemon that said ready answers; one more start else)
                     if time.monotonic() > deadline:
                         raise self._did_not_start(f"did not answer within {self.start_timeout:g} s")
-                    time.sleep(0.02)
+                    self._start(deadline)
                 return True
             finally:
                 os.close(lock)
@@ -188,25 +363,80 @@ class PoolClient:
         self._info = info
         return True
 
-    def _spawn(self) -> subprocess.Popen[bytes]:
-        """Start the daemon isolated from this process: ``python -I`` (no PYTHON* variables, no cwd or
-        script directory on sys.path; labkit comes from :data:`_LABKIT_PARENT` only), cwd ``/``, a minimal
-        environment, stdin ``/dev/null``, output to ``daemon.log``, its own session."""
-        code = (f"import sys; sys.path.insert(0, {_LABKIT_PARENT!r}); "
-                "from labkit.thin.daemon import serve_and_exit; serve_and_exit(sys.argv[2:])")
-        argv = [sys.executable, "-I", "-c", code, "labkit.thin.daemon", self.pool_path, self.mountpoint,
-                "--idle", str(self.idle)]
-        env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
-        env.update({k: os.environ[k] for k in _DAEMON_ENV_PASS if k in os.environ})
-        logfd = os.open(os.path.join(self.pool_path, "daemon.log"),
-                        os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    def _take_over(self, pending: _Prestart) -> None:
+        """Wait for the daemon this process prestarted (:func:`prestart`) to say it is ready (or to end),
+        then let go of the start lock it held; this client reaps it."""
+        self._children.append(pending.pid)
         try:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logfd, stderr=logfd, cwd="/", env=env,
-                                    close_fds=True, start_new_session=True)
+            if select.select([pending.ready_r], [], [], self.start_timeout)[0]:
+                os.read(pending.ready_r, 1)   # ready, or EOF: connect() then starts one and says why not
+        finally:
+            os.close(pending.ready_r)
+            os.close(pending.lock)
+
+    def _start(self, deadline: float) -> None:
+        """Start a daemon and wait until it says it is ready: it writes one byte to a pipe once its socket
+        listens and its FUSE export is mounted (the pipe's end, at EOF, says it ended before that)."""
+        self._children = [c for c in self._children if not _wait_quietly(c, block=False)]  # earlier, gone ones
+        r, w = os.pipe2(os.O_CLOEXEC)
+        proc: subprocess.Popen[bytes] | None = None
+        try:
+            try:
+                if self.start_method == "fork" or (self.start_method == "auto" and single_threaded()):
+                    self._fork(w)
+                else:
+                    proc = self._spawn(w)
+            finally:
+                os.close(w)
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([r], [], [], left)[0]:
+                raise self._did_not_start(f"did not say it was ready within {self.start_timeout:g} s")
+            said = os.read(r, 1)
+        finally:
+            os.close(r)
+        if not said:
+            status = proc.poll() if proc is not None else None
+            raise self._did_not_start("ended before it was ready" + (f" (status {status})" if status else ""))
+
+    def _spawn(self, ready_w: int) -> subprocess.Popen[bytes]:
+        """Start the daemon in a new interpreter isolated from this process: ``python -I -S`` (no PYTHON*
+        variables, no site, no cwd or script directory on sys.path) with :func:`isolated_path` as its
+        path, cwd ``/``, a minimal environment, stdin ``/dev/null``, output to ``daemon.log``, its own
+        session, and no descriptor of ours but the ready pipe."""
+        code = (f"import sys; sys.path[:0] = {isolated_path()!r}; "
+                "from labkit.thin.daemon import serve_and_exit; serve_and_exit(sys.argv[2:])")
+        argv = [sys.executable, "-I", "-S", "-c", code, "labkit.thin.daemon", self.pool_path, self.mountpoint,
+                "--idle", str(self.idle), "--ready-fd", str(ready_w)]
+        logfd = _open_log(self.pool_path)
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logfd, stderr=logfd, cwd="/",
+                                    env=_daemon_env(), close_fds=True, pass_fds=(ready_w,), start_new_session=True)
         finally:
             os.close(logfd)
-        threading.Thread(target=proc.wait, daemon=True, name="labkit-thin-reaper").start()  # never a zombie
+        self._children.append(proc)           # reaped as a forked one is (never a zombie)
         return proc
+
+    def _fork(self, ready_w: int) -> None:
+        """Fork the daemon from this process (:func:`_fork_daemon`); like a started interpreter, it is
+        reaped by :meth:`stop` once it has exited, or by a thread that :meth:`close` starts when it
+        outlives this client."""
+        self._children.append(_fork_daemon(self.pool_path, self.mountpoint, self.idle, ready_w))
+
+    def _reap(self) -> None:
+        """Wait for the daemon this client started last, which is exiting (it closed our connection), and
+        collect any earlier one that has exited."""
+        if self._children:
+            _wait_quietly(self._children.pop())
+        self._children = [c for c in self._children if not _wait_quietly(c, block=False)]
+
+    def _reap_later(self) -> None:
+        """Leave the daemons this client started and that still run to a thread that waits for their
+        exit (never a zombie; started only here, at close: a process with one thread can fork again)."""
+        children = [c for c in self._children if not _wait_quietly(c, block=False)]
+        self._children = []
+        if children:
+            threading.Thread(target=lambda: [_wait_quietly(c) for c in children], daemon=True,
+                             name="labkit-thin-reaper").start()
 
     def _did_not_start(self, why: str) -> errors.Unsupported:
         return errors.Unsupported(f"thin pool daemon for {self.pool_path}", f"{why}: {self._log_tail()}",
@@ -268,7 +498,7 @@ class PoolClient:
                     break
                 except _Gone as g:
                     if attempt == 1 and (op in _IDEMPOTENT or not g.sent):
-                        log.info("thin pool daemon for %s went away during %s: reconnecting", self.pool_path, op)
+                        _log().info("thin pool daemon for %s went away during %s: reconnecting", self.pool_path, op)
                         continue
                     unknown = "; whether it was done is unknown" if g.sent and op not in _IDEMPOTENT else ""
                     raise errors.FailedPrecondition(f"thin pool daemon for {self.pool_path}",
@@ -286,6 +516,7 @@ class PoolClient:
         self.release()
         with self._lock:
             self._drop()
+            self._reap_later()
 
     def stop(self, *, wait: float = 5.0) -> bool:
         """Let go of this client's loop devices and ask the daemon to stop as soon as it is idle; never
@@ -315,6 +546,8 @@ class PoolClient:
             except (TimeoutError, OSError):
                 gone = False
             self._drop()
+            if gone:
+                self._reap()
             return gone
 
     def daemon_info(self) -> DaemonInfo:
@@ -354,14 +587,17 @@ class PoolClient:
 
     def status(self) -> Status:
         """The pool's :class:`Status` (``str()``: the dm-thin status line)."""
+        from .records import Status
         return Status(**self._call("status"))
 
     def usage(self, dev_id: int) -> Usage:
         """Mapped, exclusive and shared blocks of ``dev_id`` (:meth:`Pool.usage`)."""
+        from .records import Usage
         return Usage(**self._call("usage", dev_id))
 
     def usages(self) -> dict[int, Usage]:
         """:meth:`usage` of every device, from one walk (:meth:`Pool.usages`)."""
+        from .records import Usage
         return {int(k): Usage(**v) for k, v in self._call("usages").items()}
 
     def mappings(self, dev_id: int) -> list[tuple[int, int, int]]:
@@ -374,14 +610,17 @@ class PoolClient:
 
     def block_map(self, dev_id: int) -> list[BlockInfo]:
         """One :class:`BlockInfo` per virtual block of ``dev_id`` (:meth:`Pool.block_map`)."""
+        from .records import BlockInfo
         return [BlockInfo(state, db) for state, db in self._call("block_map", dev_id)]
 
     def details(self, dev_id: int) -> DeviceDetails:
         """What the pool records about ``dev_id`` (:meth:`Pool.details`)."""
+        from .records import DeviceDetails
         return DeviceDetails(**self._call("details", dev_id))
 
     def check(self) -> CheckReport:
         """The daemon's check of its pool (:meth:`Pool.check`)."""
+        from .check import CheckReport
         return CheckReport(**self._call("check"))
 
     # -- loop devices -------------------------------------------------------------------------------
@@ -427,15 +666,20 @@ class PoolClient:
                 _dev, fd = self._held.pop(i)
                 os.close(fd)
 
-    def detach(self, dev_id: int) -> None:
+    def detach(self, dev_id: int, *, flush: bool = True) -> None:
         """Flush and detach ``dev_id``'s loop device, whoever attached it, and wait until it is gone (up to
         5 s; a device still mounted or open elsewhere goes when its last user lets go). A no-op when none
-        is attached. For a device that must go now: before commit, delete or remove."""
+        is attached. For a device that must go now: before commit, delete or remove.
+
+        ``flush=False`` is for a device about to be deleted: no flush (each one commits the pool: three
+        fsyncs) and no wait, since the daemon's ``delete`` waits until the loop device has released the
+        file, which the kernel does only after writing back what it cached of it."""
         with self._loop_lock:
             held = self._held.pop(dev_id, None)
         if held is not None:
             try:
-                os.fsync(held[1])
+                if flush:
+                    os.fsync(held[1])
             except OSError:
                 pass  # a write already failed (pool full): the error was reported to the writer
             os.close(held[1])
@@ -445,7 +689,8 @@ class PoolClient:
         try:
             fd = os.open(dev, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                os.fsync(fd)
+                if flush:
+                    os.fsync(fd)
             except OSError:
                 pass
             finally:
@@ -454,7 +699,76 @@ class PoolClient:
         except OSError as e:
             if e.errno not in (errno.ENXIO, errno.ENOENT):
                 raise
+        if not flush:
+            return
         # the loop driver drops its file reference asynchronously; wait until it has
         deadline = time.monotonic() + 5
         while self.loop_of(dev_id) and time.monotonic() < deadline:
             time.sleep(0.005)
+
+
+def _wait_quietly(child: int | subprocess.Popen[bytes], *, block: bool = True) -> bool:
+    """Reap a daemon this process started (a pid it forked, or the Popen of an interpreter); returns
+    whether it has exited (with ``block``, after waiting for it)."""
+    if isinstance(child, subprocess.Popen):
+        return (child.wait() if block else child.poll()) is not None
+    try:
+        return os.waitpid(child, 0 if block else os.WNOHANG)[0] == child
+    except ChildProcessError:
+        return True
+
+
+def _serve_forked(pool_path: str, mountpoint: str, idle: float, ready_w: int, logfd: int, env: dict[str, str],
+                  path: list[str]) -> NoReturn:
+    """The forked daemon: isolate this process from its caller as ``python -I`` would be, then serve; it
+    never returns into the caller's code (it ends with ``os._exit``). Nothing inherited is ever freed here:
+    cyclic garbage collection is frozen first and replaced objects are kept (:data:`_INHERITED`), so no
+    finalizer of the caller's objects runs (closing a descriptor number the daemon's own files took)."""
+    import gc
+    gc.freeze()
+    code = 1
+    try:
+        import signal
+        # above the standard descriptors (a caller with stdin closed may have got 0 for one of them)
+        ready_w = fcntl.fcntl(ready_w, fcntl.F_DUPFD_CLOEXEC, 3)
+        logfd = fcntl.fcntl(logfd, fcntl.F_DUPFD_CLOEXEC, 3)
+        os.setsid()
+        os.chdir("/")
+        os.umask(0o077)
+        null = os.open("/dev/null", os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(logfd, 1)
+        os.dup2(logfd, 2)
+        os.closerange(3, ready_w)            # every other inherited descriptor (the store's locks among them)
+        os.closerange(ready_w + 1, max(os.sysconf("SC_OPEN_MAX"), ready_w + 2))
+        fh = sys.modules.get("faulthandler")
+        if fh is not None:
+            fh.disable()                     # it would write a crash into whatever took its descriptor's number
+        _INHERITED.extend([sys.stdin, sys.stdout, sys.stderr])
+        sys.stdin = open(0, closefd=False)   # (for the life of the process)
+        sys.stdout = open(1, "w", buffering=1, closefd=False)
+        sys.stderr = open(2, "w", buffering=1, closefd=False)
+        lg = sys.modules.get("logging")
+        if lg is not None:                   # the caller's handlers write to descriptors closed above
+            _INHERITED.append(list(lg.root.handlers))
+            lg.root.handlers.clear()
+        os.environ.clear()
+        os.environ.update(env)
+        sys.path[:] = path
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+        from . import daemon  # imported after the isolation: from the daemon's path only
+        code = daemon.serve(pool_path, mountpoint, idle=idle, ready_fd=ready_w)
+    except BaseException:  # noqa: BLE001 - a daemon that fails says why in its log, never in its caller's code
+        try:
+            import traceback
+            traceback.print_exc()
+        except BaseException:  # noqa: BLE001 - nothing more can be said
+            pass
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)

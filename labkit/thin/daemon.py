@@ -1,7 +1,8 @@
 """The pool daemon: one process per pool that owns it, exports its devices over FUSE and takes requests.
 
-:class:`labkit.thin.client.PoolClient` starts it on demand, isolated from the caller (``python -I``,
-cwd ``/``, a minimal environment, stdin ``/dev/null``, its own session). It
+:class:`labkit.thin.client.PoolClient` starts it on demand, isolated from the caller (forked from a
+caller with one thread, else ``python -I -S``; either way cwd ``/``, a minimal environment, stdin
+``/dev/null``, its own session, only labkit's and the interpreter's directories on ``sys.path``). It
 
 * opens the pool, waiting up to ``--lock-wait`` seconds for a previous daemon that is still shutting
   down (a pool has one writer, as dm-thin has one kernel: the pool's ``flock`` decides who owns it);
@@ -11,19 +12,21 @@ cwd ``/``, a minimal environment, stdin ``/dev/null``, its own session). It
   ``create_thin``, ``create_snap``, ``delete``, ``commit``, ``status``, ``usage``, ``usages``,
   ``mappings``, ``sharing``, ``block_map``, ``details``, ``check``, ``stop``;
 * mounts :class:`labkit.thin.exportfs.PoolFS` at MOUNTPOINT and runs the FUSE loop in the main thread;
+  once the kernel has initialised the mount it writes one byte to ``--ready-fd`` (its starter waits for
+  that byte instead of polling the socket);
 * stops by itself once no device file is open (no loop device attached) and no client is connected for
   ``--idle`` seconds (``-1``: never), at once when idle after a ``stop`` request, or on SIGTERM. Stopping
   first removes the socket (new clients start a new daemon, which waits for the pool), then unmounts,
   commits and closes the pool.
 
-Its process name is ``labkit-thin`` and its command line names the pool after the word
-``labkit.thin.daemon``, so ``labkit gc`` can find it.
+Its process name is ``labkit-thin``; a started interpreter's command line names the pool after the word
+``labkit.thin.daemon``, and a forked one holds the pool's ``metadata`` file open, so ``labkit gc`` finds
+either (:mod:`labkit.thin.gc`).
 
->>> # python -I -c '...' labkit.thin.daemon /var/lib/labkit/snapshots/thin/pool /var/lib/labkit/snapshots/thin/dev
+>>> # python -I -S -c '...' labkit.thin.daemon /var/lib/labkit/snapshots/thin/pool /var/lib/labkit/snapshots/thin/dev
 """
 from __future__ import annotations
 
-import argparse
 import ctypes
 import dataclasses
 import errno
@@ -47,7 +50,8 @@ from .pool import Pool
 
 log = logging.getLogger("labkit.thin.daemon")
 
-#: seconds a ``stop`` request waits for device files that are closing (loop devices being torn down)
+#: seconds a ``stop`` request waits for device files that are closing (loop devices being torn down), and
+#: a ``delete`` for its device's file (a loop device just detached releases it a moment later)
 STOP_GRACE = 1.0
 #: requests that change the pool; they commit before they answer, so they are durable when they return
 _CHANGING = ("create_thin", "create_snap", "delete")
@@ -57,7 +61,9 @@ _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 class Daemon:
     """The pool's owner: a control server thread beside the FUSE loop."""
 
-    def __init__(self, pool_path: str, mountpoint: str, *, idle: float = 2.0, lock_wait: float = 30.0) -> None:
+    def __init__(self, pool_path: str, mountpoint: str, *, idle: float = 2.0, lock_wait: float = 30.0,
+                 ready_fd: int | None = None) -> None:
+        self._ready_fd = ready_fd
         self.pool_path = os.path.abspath(pool_path)
         self.mountpoint = os.path.abspath(mountpoint)
         self.idle = idle
@@ -67,11 +73,23 @@ class Daemon:
         self.stop_when_idle = False
         self.clients = 0
         self._clients_lock = threading.Lock()
-        self.fs = PoolFS(self.pool, on_ready=self.ready.set)
+        self.fs = PoolFS(self.pool, on_ready=self._on_ready)
         self._ctl_fd = -1
         self._sock_ino: int | None = None
         self._parked: list[Any] = []  # connections of clients waiting for this process to end
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+
+    def _on_ready(self) -> None:
+        """The FUSE export is up (the socket listened before the mount): say so to the starter, once."""
+        self.ready.set()
+        fd, self._ready_fd = self._ready_fd, None
+        if fd is not None:
+            try:
+                os.write(fd, b"R")
+            except OSError:
+                pass                      # the starter gave up waiting: clients will find us anyway
+            finally:
+                os.close(fd)
 
     # -- control server -----------------------------------------------------------------------
     def _busy(self) -> bool:
@@ -193,6 +211,10 @@ class Daemon:
         if op == "stop":
             return self._stop_request()
         if op in _CHANGING:
+            if op == "delete" and args:
+                # a loop device just detached releases the file a moment later, after the kernel has written
+                # its cached pages back: delete after that (the client then need not flush nor wait)
+                self.fs.wait_closed(args[0], STOP_GRACE)
             getattr(pool, op)(*args)
             pool.commit()
             self.fs.forget(args[0])     # a new or deleted device: the kernel's pages and size of its file are stale
@@ -228,9 +250,10 @@ class Daemon:
     def _stop_request(self) -> dict[str, Any]:
         """``stop``: stop now if nothing else uses the daemon, else as soon as it is idle. Never refused."""
         deadline = time.monotonic() + STOP_GRACE
-        while (self.fs.open_count() and self.clients <= 1 and not self._loops_mounted()
-               and time.monotonic() < deadline):
-            time.sleep(0.01)  # a just-released loop device lets go of its file a moment later
+        while self.fs.open_count() and self.clients <= 1 and not self._loops_mounted():
+            left = deadline - time.monotonic()   # a just-released loop device lets go of its file a moment later
+            if left <= 0 or self.fs.wait_closed(None, min(left, 0.05)):
+                break
         others, open_now = self.clients - 1, self.fs.open_count()
         if others <= 0 and open_now == 0:
             log.info("stop requested: stopping")
@@ -322,17 +345,29 @@ def _set_name(name: bytes) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: ``labkit.thin.daemon POOL MOUNTPOINT [--idle SECONDS] [--lock-wait SECONDS]``."""
+    """Entry point: ``labkit.thin.daemon POOL MOUNTPOINT [--idle SECONDS] [--lock-wait SECONDS] [--ready-fd N]``."""
+    import argparse  # (a forked daemon calls serve() and does without)
     p = argparse.ArgumentParser(prog="labkit.thin.daemon")
     p.add_argument("pool")
     p.add_argument("mountpoint")
     p.add_argument("--idle", type=float, default=2.0, help="stop after this long unused (-1: never)")
     p.add_argument("--lock-wait", type=float, default=30.0, help="wait this long for a previous daemon to let go")
+    p.add_argument("--ready-fd", type=int, help="write one byte to this descriptor once serving, then close it")
     args = p.parse_args(argv)
+    return serve(args.pool, args.mountpoint, idle=args.idle, lock_wait=args.lock_wait, ready_fd=args.ready_fd)
+
+
+def serve(pool_path: str, mountpoint: str, *, idle: float = 2.0, lock_wait: float = 30.0,
+          ready_fd: int | None = None) -> int:
+    """Run a :class:`Daemon` with its log set up (what :func:`main` and a forked start call); returns the
+    exit code."""
+    if ready_fd is not None:
+        os.set_inheritable(ready_fd, False)
+    _set_name(b"labkit-thin")      # (gc knows a forked daemon by it, with the pool's metadata file it holds)
     os.umask(0o077)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s labkit-thin[%(process)d] %(levelname)s %(message)s")
     try:
-        return Daemon(args.pool, args.mountpoint, idle=args.idle, lock_wait=args.lock_wait).run()
+        return Daemon(pool_path, mountpoint, idle=idle, lock_wait=lock_wait, ready_fd=ready_fd).run()
     except errors.LabkitError as e:
         print(f"labkit-thin: {e}", file=sys.stderr)
         return 1

@@ -73,6 +73,7 @@ class PoolFS(mfusepy.Operations):
         self.writeback_cache = WRITEBACK_CACHE if writeback_cache is None else writeback_cache
         self.opened: dict[int, int] = {}
         self._count_lock = threading.Lock()
+        self._closed = threading.Condition(self._count_lock)   # notified when a file is released
         # the kernel keeps a device file's pages between opens unless told otherwise; a device id that was
         # deleted and made again (orphan recovery) must not show the old device's pages
         self._generation: dict[int, int] = {}    # bumped when the daemon creates or deletes the id
@@ -106,6 +107,15 @@ class PoolFS(mfusepy.Operations):
         """Open file handles across all devices (a loop device holds one)."""
         with self._count_lock:
             return sum(self.opened.values())
+
+    def wait_closed(self, dev_id: int | None, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds until nobody has device ``dev_id``'s file open (every device's:
+        None); whether that is so. The kernel releases a file only after it has written its cached pages
+        back (FUSE with writeback caching), so every write to the device has arrived by then."""
+        def closed() -> bool:
+            return not (self.opened.get(dev_id, 0) if dev_id is not None else sum(self.opened.values()))
+        with self._closed:
+            return self._closed.wait_for(closed, timeout)
 
     # -- helpers ------------------------------------------------------------------------------
     def _dev(self, path: str) -> int:
@@ -179,6 +189,7 @@ class PoolFS(mfusepy.Operations):
                 self.opened[fh] = n
             else:
                 self.opened.pop(fh, None)
+            self._closed.notify_all()
         return 0
 
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:

@@ -1,6 +1,8 @@
-"""``labkit gc`` for the thin pool: daemons (root processes whose command line has the word
-``labkit.thin.daemon`` followed by the pool) serving a pool inside the store, or, with ``everything``, any
-labkit pool daemon. A process of another user is never taken for one, whatever its command line says.
+"""``labkit gc`` for the thin pool: daemons serving a pool inside the store, or, with ``everything``, any
+labkit pool daemon. A daemon is a process of this user that is either a started interpreter whose command
+line has the word ``labkit.thin.daemon`` followed by the pool, or a forked one (its command line is its
+caller's) named ``labkit-thin`` that holds the pool's ``metadata`` file open (a pool has one owner: the
+metadata file's ``flock``). A process of another user is never taken for one, whatever it calls itself.
 Importing this module registers the collector.
 
 >>> from labkit.thin.gc import daemon_leftovers
@@ -19,29 +21,70 @@ from .._sys.leftovers import Leftover, collector, inside
 
 __all__ = ["daemon_leftovers", "pool_daemons"]
 
+WORD = "labkit.thin.daemon"      #: a started daemon's command line names its pool after this word
+NAME = "labkit-thin"             #: every daemon's process name (``/proc/PID/comm``)
+
+
+def _read(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _held_pool(pid: str) -> str:
+    """The pool whose ``metadata`` file process ``pid`` holds open ("" when none)."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return ""
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if os.path.basename(target) == "metadata" and target.startswith("/"):
+            pool = os.path.dirname(target)
+            if os.path.isdir(os.path.join(pool, "ctl")):
+                return pool
+    return ""
+
+
+def _identify(pid: str) -> tuple[str, str] | None:
+    """``(pool, description)`` when ``pid`` is a pool daemon of this user ("" for a pool not known yet:
+    a forked daemon still starting), else None."""
+    raw = _read(f"/proc/{pid}/cmdline")
+    if raw is None:
+        return None
+    argv = [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+    forked = (_read(f"/proc/{pid}/comm") or b"").strip() == NAME.encode() and WORD not in argv
+    if WORD not in argv and not forked:
+        return None
+    try:
+        if os.stat(f"/proc/{pid}").st_uid != os.geteuid():
+            return None   # anyone can name a process like ours: only our own user's are daemons
+    except OSError:
+        return None
+    if forked:
+        pool = _held_pool(pid)
+        return pool, f"{NAME} {pool or '(pool not open yet)'} (forked by: {' '.join(argv)})"
+    at = argv.index(WORD) + 1
+    return (argv[at] if at < len(argv) else ""), " ".join(argv)
+
 
 def pool_daemons(root: str, everything: bool) -> list[tuple[int, str]]:
-    """(pid, command line) of the pool daemons of the store at ``root`` (every one with ``everything``)."""
+    """(pid, description) of the pool daemons of the store at ``root`` (every one with ``everything``)."""
     out = []
     for pid in os.listdir("/proc"):
         if not pid.isdigit() or int(pid) == os.getpid():
             continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
-        except OSError:
+        found = _identify(pid)
+        if found is None:
             continue
-        if "labkit.thin.daemon" not in argv:
-            continue
-        try:
-            if os.stat(f"/proc/{pid}").st_uid != os.geteuid():
-                continue  # anyone can name a process like ours: only our own user's are daemons
-        except OSError:
-            continue
-        at = argv.index("labkit.thin.daemon") + 1
-        pool = argv[at] if at < len(argv) else ""
+        pool, what = found
         if everything or (pool and inside(os.path.realpath(pool), root)):
-            out.append((int(pid), " ".join(argv)))
+            out.append((int(pid), what))
     return out
 
 
@@ -53,12 +96,8 @@ def _terminate(pid: int) -> None:
     except ProcessLookupError:
         return
     try:
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if b"labkit.thin.daemon" not in f.read().split(b"\0"):
-                    return                       # the pid was reused between the scan and now
-        except OSError:
-            return
+        if _identify(str(pid)) is None:
+            return                       # the pid was reused between the scan and now
         signal.pidfd_send_signal(fd, signal.SIGTERM)
         if not select.select([fd], [], [], 2.0)[0]:
             signal.pidfd_send_signal(fd, signal.SIGKILL)
@@ -72,5 +111,5 @@ def _terminate(pid: int) -> None:
 @collector(order=leftovers.PROCESSES)
 def daemon_leftovers(root: str, everything: bool) -> list[Leftover]:
     """Thin pool daemons (FUSE) serving a pool inside the store."""
-    return [Leftover("process", str(pid), args, partial(_terminate, pid))
-            for pid, args in pool_daemons(root, everything)]
+    return [Leftover("process", str(pid), what, partial(_terminate, pid))
+            for pid, what in pool_daemons(root, everything)]

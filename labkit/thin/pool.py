@@ -24,7 +24,7 @@ import threading
 import time as _time
 import uuid as _uuid
 from collections.abc import Callable, Iterator, Mapping
-from typing import IO, Any, cast
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from .._sys.libc import libc
 from ..errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
@@ -45,7 +45,9 @@ from .metadata import (
 )
 from .records import DEVICE_WIDTH, BlockInfo, DeviceDetails, PoolFull, Status, Usage
 from .spacemap import NoSpace, SpaceMap
-from .xml import XmlDevice, XmlDeviceEnd, XmlMapping, XmlSuperblock, read_xml, write_xml
+
+if TYPE_CHECKING:  # thin_dump XML: imported by dump_xml and restore_xml (the daemon's start does without)
+    from .xml import XmlDevice, XmlDeviceEnd, XmlMapping, XmlSuperblock
 
 __all__ = ["Pool", "Device", "PoolFull", "DeviceDetails", "Usage", "BlockInfo", "Status", "CheckReport"]
 
@@ -794,6 +796,7 @@ class Pool:
     # -- thin_dump XML ----------------------------------------------------------------------------
     def dump_xml(self, fp: IO[str]) -> None:
         """Write the pool's metadata as thin_dump XML to the text file ``fp`` (commits first)."""
+        from .xml import XmlDevice, XmlSuperblock, write_xml
         with self._lock:
             self._check_open()
             if not self._read_only:
@@ -830,6 +833,7 @@ class Pool:
         (5, [(3, 6, 0)])
         >>> p.close()
         """
+        from .xml import XmlSuperblock, read_xml
         sizes = {k: parse_size(v, what="virtual size") for k, v in (virtual_sizes or {}).items()}
         pool: Pool | None = None
         try:
@@ -853,6 +857,7 @@ class Pool:
         self._restore: dict[str, Any] = {"sb": sb, "dev": None, "max_block": -1, "top_data": 0}
 
     def _restore_record(self, rec: XmlDevice | XmlMapping | XmlDeviceEnd, sizes: Mapping[int, int]) -> None:
+        from .xml import XmlDevice, XmlMapping
         st = self._restore
         if isinstance(rec, XmlDevice):
             self.create_thin(rec.dev_id, 1)

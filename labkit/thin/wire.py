@@ -40,8 +40,6 @@ from ..errors import (
     NotFound,
     Unsupported,
 )
-from .metadata import MetadataError
-from .records import PoolFull
 
 __all__ = ["MAX_LINE", "MAX_CLIENTS", "CTL_DIR", "SOCK", "START_LOCK", "open_ctl_dir", "sock_address", "peer_cred",
            "allowed_uid", "encode", "encode_error", "decode_error", "read_line"]
@@ -52,8 +50,7 @@ CTL_DIR = "ctl"             #: the 0700 directory in the pool directory
 SOCK = "sock"               #: the socket's name in it
 START_LOCK = "start.lock"   #: clients starting a daemon take this flock, one at a time
 
-_KINDS: dict[str, type[LabkitError]] = {c.__name__: c for c in (
-    LabkitError, NotFound, AlreadyExists, FailedPrecondition, InvalidArgument, Unsupported, PoolFull, MetadataError)}
+_KINDS: dict[str, type[LabkitError]] = {}    # filled on first use by _kinds()
 # constructors that append words to the subject when detail is left out
 _SUFFIX: dict[type[LabkitError], str] = {NotFound: " not found", AlreadyExists: " already exists"}
 
@@ -118,10 +115,23 @@ def read_line(f: io.BufferedIOBase) -> bytes | None:
     return line
 
 
+def _kinds() -> dict[str, type[LabkitError]]:
+    """The exceptions that travel by name. The pool's two (``PoolFull``, ``MetadataError``) are imported
+    here, on the first error, not with this module: a client that sees no error (a `labkit run`) does not
+    load the pool's metadata and records modules (their dataclasses and ``uuid``)."""
+    if not _KINDS:
+        from .metadata import MetadataError
+        from .records import PoolFull
+        _KINDS.update({c.__name__: c for c in (LabkitError, NotFound, AlreadyExists, FailedPrecondition,
+                                               InvalidArgument, Unsupported, PoolFull, MetadataError)})
+    return _KINDS
+
+
 def encode_error(e: BaseException) -> dict[str, Any]:
     """The wire form of an exception raised by a request."""
     if isinstance(e, LabkitError):
-        kind = next(c.__name__ for c in type(e).__mro__ if _KINDS.get(c.__name__) is c)
+        kinds = _kinds()
+        kind = next(c.__name__ for c in type(e).__mro__ if kinds.get(c.__name__) is c)
         return {"type": kind, "subject": e.subject, "detail": e.detail, "fix": e.fix, "message": str(e),
                 "errno": getattr(e, "errno", None)}
     if isinstance(e, OSError):
@@ -143,7 +153,7 @@ def decode_error(err: Any) -> Exception:
         code = err.get("errno")
         return OSError(code if isinstance(code, int) else errno.EIO,
                        _text(err.get("message")) or "thin pool daemon error")
-    cls = _KINDS.get(str(err.get("type")), LabkitError)
+    cls = _kinds().get(str(err.get("type")), LabkitError)
     subject = _text(err.get("subject")) or _text(err.get("message")) or "thin pool daemon error"
     detail, fix = _text(err.get("detail")), _text(err.get("fix"))
     suffix = _SUFFIX.get(cls)

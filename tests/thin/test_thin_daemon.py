@@ -235,24 +235,131 @@ def test_too_many_clients_are_refused(client):
     extra.close()
 
 
-def test_daemon_starts_isolated(client, tmp_path, monkeypatch):
+def _isolation_checks(pid: int, tmp_path, secret_fd: int) -> None:
+    """What both ways of starting leave: cwd /, stdin /dev/null, output to daemon.log, a session of its
+    own, none of the caller's descriptors, the name gc knows, and gc finds it."""
+    assert os.readlink(f"/proc/{pid}/cwd") == "/"
+    assert os.readlink(f"/proc/{pid}/fd/0") == "/dev/null"
+    assert os.readlink(f"/proc/{pid}/fd/1") == str(tmp_path / "pool" / "daemon.log")
+    with open(f"/proc/{pid}/stat") as f:
+        assert int(f.read().rsplit(")", 1)[1].split()[3]) == pid          # session id: setsid
+    held = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+    assert os.readlink(f"/proc/self/fd/{secret_fd}") not in held
+    assert not {h for h in held if h.endswith(("thin.lock", "start.lock"))}
+    with open(f"/proc/{pid}/comm") as f:
+        assert f.read().strip() == "labkit-thin"
+    assert not (tmp_path / "injected").exists()
+    assert [p for p, _ in pool_daemons(str(tmp_path), False)] == [pid]    # gc finds it
+
+
+@pytest.mark.parametrize("method", ["fork", "exec"])
+def test_daemon_starts_isolated(tmp_path, monkeypatch, method):
+    """Neither a forked daemon nor a new interpreter takes anything from its caller: a hostile mfusepy.py
+    in the caller's cwd, on its sys.path and in PYTHONPATH is never imported (the forked one must import
+    mfusepy itself: it is dropped from this process's modules), no variable or descriptor is inherited."""
+    import labkit.thin
+    Pool.create(tmp_path / "pool", data_size=BS * 32).close()
     evil = tmp_path / "evil"
     evil.mkdir()
     (evil / "mfusepy.py").write_text(f"open({str(tmp_path / 'injected')!r}, 'w').close()\nraise SystemExit(3)\n")
     monkeypatch.setenv("LABKIT_TEST_MARKER", "caller-was-here")
     monkeypatch.setenv("PYTHONPATH", str(evil))
     monkeypatch.chdir(evil)
-    pid = client.daemon_info().pid
-    with open(f"/proc/{pid}/environ", "rb") as f:
-        env = f.read()
-    assert b"LABKIT_TEST_MARKER" not in env and b"PYTHONPATH" not in env
-    assert os.readlink(f"/proc/{pid}/cwd") == "/"
-    with open(f"/proc/{pid}/cmdline", "rb") as f:
-        argv = f.read().split(b"\0")
-    assert argv[1] == b"-I" and b"labkit.thin.daemon" in argv
-    assert os.readlink(f"/proc/{pid}/fd/0") == "/dev/null"
-    assert not (tmp_path / "injected").exists()
-    assert [p for p, _ in pool_daemons(str(tmp_path), False)] == [pid]  # gc still finds it
+    monkeypatch.syspath_prepend(str(evil))
+    monkeypatch.setattr(sys, "path", ["", *sys.path])
+    for mod in ("mfusepy", "labkit.thin.exportfs", "labkit.thin.daemon"):
+        monkeypatch.delitem(sys.modules, mod, raising=False)
+        monkeypatch.delattr(labkit.thin, mod.rsplit(".", 1)[-1], raising=False)
+    secret = os.open(tmp_path / "secret", os.O_RDWR | os.O_CREAT)       # inheritable, as a caller's may be
+    os.set_inheritable(secret, True)
+    c = PoolClient(str(tmp_path / "pool"), str(tmp_path / "dev"), idle=-1, start_method=method)
+    try:
+        pid = c.daemon_info().pid
+        _isolation_checks(pid, tmp_path, secret)
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+        if method == "exec":
+            assert argv[1:3] == [b"-I", b"-S"] and b"labkit.thin.daemon" in argv
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = f.read()
+            assert b"LABKIT_TEST_MARKER" not in env and b"PYTHONPATH" not in env
+        else:
+            assert b"labkit.thin.daemon" not in argv                      # our own command line
+            assert os.getppid() != pid and c.daemon_info().pid == pid
+    finally:
+        c.stop()
+        c.close()
+        os.close(secret)
+    assert _gone(pid)
+
+
+def test_forked_daemon_path_excludes_the_callers_directories(tmp_path, monkeypatch):
+    from labkit.thin.client import isolated_path
+    monkeypatch.setattr(sys, "path", ["", str(tmp_path), "relative", *sys.path, os.path.expanduser("~/.local/x")])
+    path = isolated_path()
+    assert "" not in path and str(tmp_path) not in path and "relative" not in path
+    assert os.path.expanduser("~/.local/x") not in path
+    assert path[0] == os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(labkit_thin_file()))))
+    assert any(p.endswith("site-packages") for p in path)
+
+
+def labkit_thin_file() -> str:
+    import labkit.thin
+    return labkit.thin.__file__
+
+
+def test_start_method_fork_is_refused_with_threads_and_auto_starts_an_interpreter(tmp_path):
+    Pool.create(tmp_path / "pool", data_size=BS * 32).close()
+    stop = threading.Event()
+    t = threading.Thread(target=stop.wait)
+    t.start()
+    try:
+        with pytest.raises(errors.FailedPrecondition, match="threads"):
+            PoolClient(str(tmp_path / "pool"), str(tmp_path / "dev"), start_method="fork").connect()
+        c = PoolClient(str(tmp_path / "pool"), str(tmp_path / "dev"))
+        pid = c.daemon_info().pid
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            assert b"labkit.thin.daemon" in f.read().split(b"\0")
+        c.stop()
+        c.close()
+        assert _gone(pid)
+    finally:
+        stop.set()
+        t.join()
+    with pytest.raises(errors.InvalidArgument, match="start method"):
+        PoolClient(str(tmp_path / "pool"), str(tmp_path / "dev"), start_method="spawn")
+
+
+@pytest.mark.parametrize("method", ["fork", "exec"])
+def test_a_daemon_that_cannot_start_says_why_at_once(tmp_path, method):
+    """Readiness comes through a pipe: a daemon that dies before it is ready (no pool here) is reported
+    when it dies, with its log's last line, not after the start timeout."""
+    os.mkdir(tmp_path / "pool")
+    c = PoolClient(str(tmp_path / "pool"), str(tmp_path / "dev"), start_method=method, start_timeout=20)
+    t = time.monotonic()
+    with pytest.raises(errors.Unsupported, match="ended before it was ready"):
+        c.connect()
+    assert time.monotonic() - t < 10
+    c.close()
+    assert not pool_daemons(str(tmp_path), False)
+
+
+def test_forked_daemon_is_reaped(tmp_path):
+    """A daemon this process forked is its child: stop() reaps it when it exits, close() leaves it to a
+    thread when it outlives the client; no zombie either way."""
+    Pool.create(tmp_path / "pool", data_size=BS * 32).close()
+    c = PoolClient(str(tmp_path / "pool"), str(tmp_path / "dev"), idle=0.2, start_method="fork")
+    pid = c.daemon_info().pid
+    assert c.stop()
+    c.close()
+    assert not os.path.exists(f"/proc/{pid}")              # reaped, not a zombie
+    c = PoolClient(str(tmp_path / "pool"), str(tmp_path / "dev"), idle=0.2, start_method="fork")
+    pid = c.daemon_info().pid
+    c.close()                                               # no stop: it stops itself when idle
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not os.path.exists(f"/proc/{pid}")
 
 
 def test_a_restarted_daemon_is_reconnected(client):
