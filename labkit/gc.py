@@ -14,6 +14,7 @@ the dmthin backend, cgroups and links in :mod:`labkit.containers.gc`) register t
 """
 from __future__ import annotations
 
+import errno
 import os
 from functools import partial
 
@@ -75,7 +76,7 @@ def _detach(dev: str) -> None:
     try:
         loop.detach(dev)
     except OSError as e:
-        if e.errno != 6:  # ENXIO: already gone (autoclear after the unmount)
+        if e.errno != errno.ENXIO:  # already gone (autoclear after the unmount)
             raise
 
 
