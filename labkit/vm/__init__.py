@@ -8,7 +8,8 @@ jobs there. Pieces:
   leave a qemu behind; :func:`requirements` says what is missing and how to install it;
 * :mod:`~labkit.vm.batch` — :func:`run_jobs`: many jobs, one boot (:mod:`~labkit.vm.guest` runs them
   in the guest, :mod:`~labkit.vm.guestjobs` are the jobs);
-* :mod:`~labkit.vm.kernelpool` — :class:`KernelPool`: a kernel thin pool driven with dmsetup;
+* :mod:`~labkit.vm.kernelpool` — :class:`KernelPool`: a kernel thin pool driven through device-mapper's ioctls
+  (:mod:`labkit._sys.dm`, what dmsetup sends);
 * :mod:`~labkit.vm.ops`, :mod:`~labkit.vm.diff` — random operation sequences, replayed on the model
   and on the kernel and compared (``labkit bench kernel-diff``);
 * :mod:`~labkit.vm.formats` — labkit's thin_dump XML opens the kernel's data and the reverse.

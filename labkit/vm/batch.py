@@ -11,8 +11,9 @@ import os
 import shlex
 import sys
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from .. import errors
 from .runner import VM, VMResult
@@ -54,8 +55,8 @@ def where(tb: str) -> str:
     """A guest traceback in one line: the error and the innermost frame.
 
     >>> where('Traceback (most recent call last):\\n  File "/x/kernelpool.py", line 9, in delete\\n'
-    ...       '    self.message(m)\\n  File "/x/dmioctl.py", line 60, in _ioctl\\nOSError: [Errno 16] busy\\n')
-    'OSError: [Errno 16] busy (at dmioctl.py:60 in _ioctl < kernelpool.py:9 in delete)'
+    ...       '    self.message(m)\\n  File "/x/dm.py", line 60, in _ioctl\\nOSError: [Errno 16] busy\\n')
+    'OSError: [Errno 16] busy (at dm.py:60 in _ioctl < kernelpool.py:9 in delete)'
     """
     lines = tb.strip().splitlines()
     frames = [ln.strip() for ln in lines if ln.strip().startswith('File "')]

@@ -28,8 +28,9 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from ..thin import Pool
 from ..thin.records import Status
@@ -136,7 +137,7 @@ def kernel_view(checkpoint: dict[str, Any]) -> dict[str, Any]:
     usage = {int(d): tuple(v) for d, v in checkpoint["thin_ls"].items()}
     hashes = {int(d): h for d, h in checkpoint["hashes"].items()}
     used = Status.parse(checkpoint["status"]).used_data_blocks
-    view = _view(checkpoint["step"], hashes, usage, details, mappings, used, clock)  # type: ignore[arg-type]
+    view = _view(checkpoint["step"], hashes, usage, details, mappings, used, clock)
     view["status"] = checkpoint["status"]
     return view
 

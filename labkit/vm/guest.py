@@ -21,7 +21,8 @@ import os
 import sys
 import time
 import traceback
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from .guestjobs import JOBS
 
@@ -52,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             out["result"] = _run_job(job)
             out["ok"] = True
-        except BaseException as e:  # noqa: BLE001 - reported to the host, the next job still runs
+        except BaseException as e:   # reported to the host; the next job still runs
             out["error"] = "".join(traceback.format_exception(e))[-4000:]
             print(f"labkit-vm: job {name} failed: {type(e).__name__}: {e}", flush=True)
             for line in out["error"].rstrip().splitlines():

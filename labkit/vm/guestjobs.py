@@ -24,10 +24,10 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
-from .._sys import loop
-from . import dmioctl
+from .._sys import dm, loop
 from .kernelpool import KernelPool, block_hashes_of, dm_available, parse_thin_ls
 from .ops import Op, generate, payload, plan_for
 
@@ -45,14 +45,9 @@ def _workdir(name: str) -> str:
 
 
 def kernel_info() -> dict[str, Any]:
-    """Kernel release and ``dmsetup targets`` (name -> version)."""
+    """Kernel release and device-mapper's targets (name -> version, as ``dmsetup targets`` lists them)."""
     why = dm_available()
-    targets = {}
-    if why is None:
-        for line in subprocess.run(["dmsetup", "targets"], capture_output=True, text=True).stdout.splitlines():
-            parts = line.split()
-            if len(parts) == 2:
-                targets[parts[0]] = parts[1].lstrip("v")
+    targets = dm.targets() if why is None else {}
     tools = subprocess.run(["thin_ls", "-V"], capture_output=True, text=True).stdout.strip()
     return {"kernel": os.uname().release, "targets": targets, "dm_missing": why,
             "thin_provisioning_tools": tools}
@@ -178,7 +173,7 @@ def dump_built(seed: int, n_ops: int, out_dir: str, block_size: int = 64 << 10) 
         meta_dev = kp.meta_dev
         for dev in sorted(sizes):
             kp.deactivate(dev)
-        dmioctl.remove(kp.pool)  # commits the metadata
+        dm.remove(kp.pool)  # commits the metadata
         with open(os.path.join(out_dir, "kernel.xml"), "w") as f:
             subprocess.run(["thin_dump", meta_dev], stdout=f, check=True)
         loop.detach(kp.data_dev)
@@ -269,5 +264,5 @@ def fill(error_if_no_space: bool, data_size: int = 4 << 20, block_size: int = 64
     return result
 
 
-JOBS = {"replay": replay, "read_restored": read_restored, "dump_built": dump_built, "fill": fill,
-        "kernel_info": kernel_info}
+JOBS: dict[str, Callable[..., Any]] = {"replay": replay, "read_restored": read_restored, "dump_built": dump_built,
+                                       "fill": fill, "kernel_info": kernel_info}

@@ -1,6 +1,6 @@
 """The kernel's own dm-thin pool, driven the way Documentation/admin-guide/device-mapper/thin-provisioning.rst
 says: a ``thin-pool`` table over two loop devices, target messages for create_thin / create_snap /
-delete, one ``thin`` target per active device (device-mapper's ioctls through :mod:`labkit.vm.dmioctl`,
+delete, one ``thin`` target per active device (device-mapper's ioctls through :mod:`labkit._sys.dm`,
 which is what ``dmsetup create/message/suspend/resume/remove/status`` send), O_DIRECT writes and reads on
 ``/dev/mapper/<name>``, ``BLKDISCARD`` for discards, ``reserve_metadata_snap`` + ``thin_ls -m`` /
 ``thin_dump -m`` to look at the live metadata.
@@ -25,10 +25,9 @@ import stat
 import struct
 import subprocess
 import time
-from typing import Iterable
+from collections.abc import Iterable
 
-from .._sys import loop
-from . import dmioctl
+from .._sys import dm, loop
 
 __all__ = ["KernelPool", "block_hashes_of", "zero_hash", "parse_thin_ls", "hash_block", "dm_available"]
 
@@ -59,8 +58,7 @@ def dm_available() -> str | None:
         subprocess.run(["modprobe", "dm_thin_pool"], capture_output=True)
     if not os.path.exists("/dev/mapper/control"):
         return "no /dev/mapper/control (device-mapper missing)"
-    out = subprocess.run(["dmsetup", "targets"], capture_output=True, text=True).stdout
-    return None if "thin-pool" in out else "dmsetup targets lists no thin-pool"
+    return None if "thin-pool" in dm.targets() else "device-mapper lists no thin-pool target"
 
 
 def _sh(*cmd: str, input: str | None = None) -> str:
@@ -119,7 +117,7 @@ class KernelPool:
 
     # -- life cycle ---------------------------------------------------------------------------------
     @classmethod
-    def create(cls, path: str, *, data_size: int, metadata_size: int = 16 << 20, **kw: object) -> "KernelPool":
+    def create(cls, path: str, *, data_size: int, metadata_size: int = 16 << 20, **kw: object) -> KernelPool:
         """Make ``path/data`` and ``path/metadata`` (sparse), zero the metadata superblock, activate."""
         os.makedirs(path, exist_ok=True)
         for fname, size in (("data", data_size), ("metadata", metadata_size)):
@@ -174,32 +172,32 @@ class KernelPool:
         """Create the pool target, or, when it exists, load a new table (e.g. a grown data device) and
         resume it (device-mapper suspends it around the swap)."""
         start, length, target, params = self.table().split(" ", 3)
-        if dmioctl.exists(self.pool):
-            dmioctl.table(self.pool, target, int(start), int(length), params)
-            dmioctl.resume(self.pool)
+        if dm.exists(self.pool):
+            dm.table(self.pool, target, int(start), int(length), params)
+            dm.resume(self.pool)
         else:
-            dmioctl.create(self.pool, target, int(start), int(length), params)
+            dm.create(self.pool, target, int(start), int(length), params)
 
     def close(self) -> None:
         """Deactivate every device, remove the pool (it commits), detach the loop devices."""
         for dev in list(self._fds):
             self.deactivate(dev)
         for dev in list(self.sizes):
-            if dmioctl.exists(self.dm_name(dev)):
-                dmioctl.remove(self.dm_name(dev))
-        if dmioctl.exists(self.pool):
-            dmioctl.remove(self.pool)
-        for dev in (self.data_dev, self.meta_dev):
-            if dev:
+            if dm.exists(self.dm_name(dev)):
+                dm.remove(self.dm_name(dev))
+        if dm.exists(self.pool):
+            dm.remove(self.pool)
+        for loopdev in (self.data_dev, self.meta_dev):
+            if loopdev:
                 try:
-                    loop.detach(dev)
+                    loop.detach(loopdev)
                 except OSError:
                     pass
         self.data_dev = self.meta_dev = ""
         if not self._buf.closed:
             self._buf.close()
 
-    def __enter__(self) -> "KernelPool":
+    def __enter__(self) -> KernelPool:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -208,13 +206,13 @@ class KernelPool:
     # -- messages and devices ---------------------------------------------------------------------------
     def message(self, msg: str) -> None:
         """``dmsetup message <pool> 0 <msg>``."""
-        dmioctl.message(self.pool, msg)
+        dm.message(self.pool, msg)
 
     def activate_dev(self, dev: int, size: int) -> str:
         """Create the ``thin`` target for ``dev`` (``size`` bytes) unless it is active; its path."""
         name = self.dm_name(dev)
-        if not dmioctl.exists(name):
-            dmioctl.create(name, "thin", 0, size // SECTOR, f"/dev/mapper/{self.pool} {dev}", readonly=self.read_only)
+        if not dm.exists(name):
+            dm.create(name, "thin", 0, size // SECTOR, f"/dev/mapper/{self.pool} {dev}", readonly=self.read_only)
         self.sizes[dev] = size
         return f"/dev/mapper/{name}"
 
@@ -229,8 +227,8 @@ class KernelPool:
         if fd is not None:
             os.fsync(fd)
             os.close(fd)
-        if dmioctl.exists(self.dm_name(dev)):
-            dmioctl.remove(self.dm_name(dev))
+        if dm.exists(self.dm_name(dev)):
+            dm.remove(self.dm_name(dev))
 
     def create_thin(self, dev: int, size: int) -> None:
         """``create_thin <dev>`` and activate it with ``size`` bytes."""
@@ -241,16 +239,16 @@ class KernelPool:
         """``create_snap <dev> <origin>``: the origin is suspended around the message (as the kernel's
         documentation requires for an active origin), the snapshot activated with the origin's size."""
         origin_name = self.dm_name(origin)
-        active = dmioctl.exists(origin_name)
+        active = dm.exists(origin_name)
         if active:
             if origin in self._fds:
                 os.fsync(self._fds[origin])
-            dmioctl.suspend(origin_name)
+            dm.suspend(origin_name)
         try:
             self.message(f"create_snap {dev} {origin}")
         finally:
             if active:
-                dmioctl.resume(origin_name)
+                dm.resume(origin_name)
         self.activate_dev(dev, self.sizes[origin])
 
     def delete(self, dev: int) -> None:
@@ -311,7 +309,7 @@ class KernelPool:
     # -- looking at the pool ------------------------------------------------------------------------------
     def status(self) -> str:
         """``dmsetup status <pool>`` (one line)."""
-        return dmioctl.status(self.pool).strip()
+        return dm.status(self.pool).strip()
 
     def _with_metadata_snap(self, cmds: Iterable[list[str]]) -> list[str]:
         self.flush()

@@ -47,7 +47,7 @@ class Op:
         return {k: v for k, v in asdict(self).items() if v or k == "kind"}
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "Op":
+    def from_json(cls, d: dict[str, Any]) -> Op:
         return cls(**d)
 
     def __str__(self) -> str:

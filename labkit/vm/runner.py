@@ -4,14 +4,19 @@ The guest sees the host's root filesystem read-only over 9p, so the checkout and
 as they are on the host; one host directory (``scratch``, made for the run unless given) is mounted
 read-write at the same path. A small script written into ``scratch`` runs first in the guest: it prints
 a marker (``labkit-vm: guest up``), starts a watchdog that powers the guest off after the timeout even if
-the host side is gone, stops udevd (it probes every new device; ``DM_DISABLE_UDEV=1`` makes dmsetup manage
-``/dev/mapper`` itself), loads ``loop`` and ``dm_thin_pool``, mounts an ext4 at :data:`GUEST_TMP` for
-pools and stores (on a sparse file in a tmpfs: memory-backed, with user xattrs), exports ``LABKIT_VM=1``, ``LABKIT_VM_SCRATCH``, ``LABKIT_VM_TMP`` and ``PYTHONPATH``
-(the checkout), enters the checkout and runs the command; its exit status comes back through
-``scratch/.labkit-vm/rc``.
+the host side is gone, stops udevd (it probes every new device; ``DM_DISABLE_UDEV=1`` makes a dmsetup run
+by hand manage ``/dev/mapper`` itself; labkit's own calls, :mod:`labkit._sys.dm`, always do), loads ``loop``
+and ``dm_thin_pool``, mounts an ext4 at :data:`GUEST_TMP` for pools and stores (on a sparse file in a
+tmpfs: memory-backed, with user xattrs), exports ``LABKIT_VM=1``, ``LABKIT_VM_SCRATCH``, ``LABKIT_VM_TMP``
+and ``PYTHONPATH`` (the checkout), enters the checkout and runs the command; its exit status comes back
+through ``scratch/.labkit-vm/rc``.
 
 Every exit path (normal end, timeout, a hang before the marker, an exception, Ctrl-C) kills the whole
-process group that ``vng`` and its ``qemu-system-*`` run in, so no VM outlives the call.
+process group that ``vng`` and its ``qemu-system-*`` run in, so no VM outlives the call. The group is led by
+a small watcher process (:data:`_WATCHER`, the parent of ``vng``; ``vng`` → ``sh`` → ``virtme-run`` →
+``qemu``): the kernel signals it when the calling process dies however it dies (``PR_SET_PDEATHSIG``, which
+only reaches a direct child, hence the watcher), and it then kills its group — so not even a SIGKILLed
+pytest leaves a qemu behind. Groups still running at interpreter exit are killed too (``atexit``).
 
 Accelerators: ``tcg`` (the default: emulation, slow but it boots everywhere), ``kvm`` (fails with a
 clear error when the guest does not reach the marker within ``boot_timeout``: nested KVM hangs on some
@@ -24,6 +29,7 @@ Times measured in a TCG guest are not representative; space and content are exac
 """
 from __future__ import annotations
 
+import atexit
 import glob
 import os
 import platform
@@ -36,8 +42,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 from .. import errors
 
@@ -118,7 +124,7 @@ def requirements(kernel: str | None = None) -> Requirements:
                        "apt-get install linux-image-amd64")
     if vng is None:
         missing.append(f"virtme-ng (vng) is missing: {sys.executable} -m pip install virtme-ng")
-    for tool, pkg in (("dmsetup", "dmsetup"), ("thin_ls", "thin-provisioning-tools")):
+    for tool, pkg in (("thin_ls", "thin-provisioning-tools"),):
         if shutil.which(tool) is None and not os.path.exists(f"/usr/sbin/{tool}"):
             missing.append(f"{tool} is missing (the guest uses the host's tools): apt-get install {pkg}")
     return Requirements(qemu, kimg, vng, tuple(missing))
@@ -203,6 +209,48 @@ def _write_cache(value: str) -> None:
             f.write(value + "\n")
     except OSError:
         pass
+
+
+#: run as ``python -S -c _WATCHER PARENT_PID ARGV...``: the parent of vng and the leader of the VM's process
+#: group. It asks the kernel for SIGUSR1 when its parent dies (PR_SET_PDEATHSIG), then runs ARGV and
+#: waits; on SIGUSR1 it SIGKILLs its whole group (vng, virtme-run, qemu and itself). A SIGTERM from the
+#: runner's own group kill ends it as it ends the others. Its exit status is the command's.
+_WATCHER = r"""
+import ctypes, os, signal, sys
+def die(*_):
+    os.killpg(0, signal.SIGKILL)
+signal.signal(signal.SIGUSR1, die)
+if ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGUSR1), 0, 0, 0) != 0:   # PR_SET_PDEATHSIG
+    sys.exit("labkit-vm: prctl(PR_SET_PDEATHSIG) failed: %s" % os.strerror(ctypes.get_errno()))
+if os.getppid() != int(sys.argv[1]):   # the parent died before prctl
+    die()
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(sys.argv[2], sys.argv[2:])
+    finally:
+        os._exit(127)
+while True:
+    try:
+        _, status = os.waitpid(pid, 0)
+        break
+    except InterruptedError:
+        continue
+sys.exit(os.waitstatus_to_exitcode(status) & 0xFF)
+"""
+
+#: process groups of VMs running now (their watchers' pids); killed at interpreter exit
+_LIVE: set[int] = set()
+
+
+@atexit.register
+def _kill_live_groups() -> None:
+    for pgid in list(_LIVE):
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    _LIVE.clear()
 
 
 class VM:
@@ -315,8 +363,10 @@ class VM:
         env["PATH"] = os.path.dirname(req.vng or "") + os.pathsep + env.get("PATH", "/usr/bin:/bin")
         argv = self.command(req, scratch, accel, rwdirs)
         start = time.monotonic()
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                start_new_session=True, env=env, cwd=_CHECKOUT)
+        watcher = [sys.executable, "-S", "-c", _WATCHER, str(os.getpid())]
+        proc = subprocess.Popen(watcher + argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, start_new_session=True, env=env, cwd=_CHECKOUT)
+        _LIVE.add(proc.pid)
         lines: list[str] = []
         size = 0
         boot: float | None = None
@@ -354,6 +404,7 @@ class VM:
             _wait_exit(proc, 30.0)
         finally:
             _kill_group(proc)
+            _LIVE.discard(proc.pid)
         rc: int | None = None
         try:
             with open(rc_file) as f:
@@ -377,7 +428,8 @@ def _print(line: str) -> None:
 
 
 def _wait_exit(proc: subprocess.Popen, seconds: float) -> None:
-    """Wait for vng to exit without reaping it (so its pid, the group id, cannot be reused meanwhile)."""
+    """Wait for the watcher (vng's parent) to exit without reaping it (so its pid, the group id, cannot be
+    reused meanwhile)."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
@@ -390,7 +442,8 @@ def _wait_exit(proc: subprocess.Popen, seconds: float) -> None:
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
-    """Kill vng's process group (vng, virtme-run, qemu) while vng is unreaped, then reap vng."""
+    """Kill the VM's process group (the watcher, vng, virtme-run, qemu) while its leader is unreaped, then
+    reap the leader."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(proc.pid, sig)
@@ -413,7 +466,7 @@ def _group_alive(pgid: int) -> bool:
         os.killpg(pgid, 0)
     except (ProcessLookupError, PermissionError):
         return False
-    # a group whose only member is the unreaped vng zombie is as good as gone
+    # a group whose only member is the unreaped watcher zombie is as good as gone
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue

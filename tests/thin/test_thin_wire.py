@@ -70,14 +70,14 @@ def test_status_parses_both_lines():
 
 @pytest.fixture
 def dm(monkeypatch):
-    """A DmThinSnapshotter that never touched device-mapper, with `dmsetup` answered from a captured line."""
+    """A DmThinSnapshotter that never touched device-mapper, its status ioctl answered from a captured line."""
     calls = []
 
-    def fake(*args, what):
-        calls.append(args)
-        return fake.line
-    fake.line = DMSETUP_LINE
-    monkeypatch.setattr(dmthin, "_dmsetup", fake)
+    def status(name):
+        calls.append(("status", name))
+        return status.line
+    status.line = DMSETUP_LINE
+    monkeypatch.setattr(dmthin.dm, "status", status)
     sn = DmThinSnapshotter.__new__(DmThinSnapshotter)
     sn.tag, sn.block_size, sn.low_water = "abcd1234", BS, 819
     sn.calls = calls
@@ -93,9 +93,9 @@ def test_dmthin_abilities_from_dmsetup_status(dm):
     assert isinstance(rep, CheckReport) and rep.ok and rep.transaction_id == 0
     assert rep.free_metadata_blocks == 16384 - 1650 and rep.notes == [dmthin.CHECK_NOTE]
     dm.calls.clear()
-    dmthin._dmsetup.line = DMSETUP_LINE.replace(" - 1024", " needs_check 1024")
+    dmthin.dm.status.line = DMSETUP_LINE.replace(" - 1024", " needs_check 1024")
     assert not dm.pool_check().ok
-    dmthin._dmsetup.line = "0 41943040 thin-pool Fail"
+    dmthin.dm.status.line = "0 41943040 thin-pool Fail"
     rep = dm.pool_check()
     assert not rep.ok and "Fail" in rep.problems[0]
     opts = DmThinSnapshotter.options_for(3 << 30)

@@ -39,8 +39,9 @@ def fake_kernel(seed: int, n_ops: int, sequence: list[ops.Op] | None = None) -> 
                     xml = io.StringIO()
                     pool.dump_xml(xml)
                     v = next(v for v in views if v["step"] == i)
+                    status = "0 131072 thin-pool " + str(pool.status()) + " 1024"
                     record["checkpoints"].append({
-                        "step": i, "xml": xml.getvalue(), "status": "0 131072 thin-pool " + str(pool.status()) + " 1024",
+                        "step": i, "xml": xml.getvalue(), "status": status,
                         "thin_ls": {str(k): list(u) for k, u in v["usage"].items()},
                         "hashes": {str(k): h for k, h in v["hashes"].items()}})
     return record

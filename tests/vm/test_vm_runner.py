@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import textwrap
 import time
 
@@ -38,6 +39,11 @@ def fake(monkeypatch, tmp_path):
 def _group_gone(marker: str) -> bool:
     out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     return marker not in out
+
+
+def _pids_of(marker: str) -> list[int]:
+    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    return [int(line.split()[0]) for line in out.splitlines() if marker in line]
 
 
 def test_missing_pieces_name_the_install_command(monkeypatch) -> None:
@@ -89,6 +95,48 @@ def test_timeout_kills_the_whole_group(fake, tmp_path) -> None:
         VM(timeout=2).run("true", scratch=str(tmp_path), on_output=lambda s: None)
     assert time.monotonic() - t0 < 30
     assert _group_gone(tag), "a process of the VM's group survived the timeout"
+
+
+_KILLED_PARENT = """
+import sys
+from labkit.vm import runner
+from labkit.vm.runner import VM, Requirements
+runner.requirements = lambda kernel=None: Requirements("/bin/true", "/boot/x", sys.argv[1], ())
+VM(timeout=600).run("true", scratch=sys.argv[2], on_output=lambda s: print(s, flush=True))
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM"])
+def test_a_killed_parent_leaves_no_vm_behind(tmp_path, sig: str) -> None:
+    """pytest (or a notebook) killed while its VM runs: qemu, a grandchild of vng, must go with it."""
+    import signal
+    tag = f"labkit-vm-test-orphan-{sig}-{os.getpid()}"
+    vng = _fake_vng(tmp_path, f"""
+        echo "labkit-vm: guest up"
+        bash -c '(exec -a {tag} sleep 600) & wait'    # like vng -> sh -> virtme-run -> qemu
+        """)
+    scratch = tmp_path / "s"
+    scratch.mkdir()
+    parent = subprocess.Popen([sys.executable, "-c", _KILLED_PARENT, vng, str(scratch)], stdout=subprocess.PIPE,
+                              text=True, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    try:
+        assert parent.stdout is not None and "guest up" in parent.stdout.readline()
+        deadline = time.monotonic() + 10
+        while _group_gone(tag) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _group_gone(tag), "the fake qemu never started"
+        parent.send_signal(getattr(signal, sig))
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while not _group_gone(tag) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _group_gone(tag), f"the VM's qemu outlived its parent killed with {sig}"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        for pid in _pids_of(tag):   # this test's own processes only, should any be left
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_a_hang_before_the_guest_is_up_is_detected(fake, tmp_path) -> None:
