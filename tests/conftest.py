@@ -69,3 +69,33 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "root" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """``@pytest.mark.one_thread``: the test runs in a forked child of the suite, which has exactly one
+    thread — what forking the thin pool's daemon needs (PoolClient refuses to fork beside other threads, and
+    earlier tests may have left this process some: a reaper, tqdm's monitor, a Dask client's loop)."""
+    if pyfuncitem.get_closest_marker("one_thread") is None or len(os.listdir("/proc/self/task")) == 1:
+        return None
+    import traceback
+    args = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                    # the child: run the test body, report, never return
+        os.close(r)
+        code = 0
+        try:
+            pyfuncitem.obj(**args)
+        except BaseException:                       # noqa: BLE001 - reported to the parent as the failure
+            os.write(w, traceback.format_exc().encode(errors="replace"))
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        out = f.read()
+    _, status = os.waitpid(pid, 0)
+    if status:
+        pytest.fail(f"in a one-thread child (status {status}):\n{out.decode(errors='replace')}", pytrace=False)
+    return True

@@ -275,6 +275,7 @@ def test_ephemeral_snapshot_mounts_nobarrier_and_commits_durably(tmp_path, monke
     assert not mounts.mounts_under(str(tmp_path))
 
 
+@pytest.mark.one_thread      # prestart forks the daemon: it needs a process with one thread (tests/conftest.py)
 def test_prestart_is_taken_over_or_dropped(tmp_path):
     """The Prestarting ability: prestart() forks the daemon and returns at once; this process's next open
     of the store takes it over (no second daemon); one nobody took is stopped by drop_prestart(); no

@@ -252,6 +252,10 @@ def _isolation_checks(pid: int, tmp_path, secret_fd: int) -> None:
     assert [p for p, _ in pool_daemons(str(tmp_path), False)] == [pid]    # gc finds it
 
 
+#: forking the daemon needs a process with one thread (PoolClient refuses otherwise); the suite's own process
+#: may have threads from earlier tests, so these tests run in a forked child (tests/conftest.py)
+FORKED = pytest.mark.one_thread
+@FORKED
 @pytest.mark.parametrize("method", ["fork", "exec"])
 def test_daemon_starts_isolated(tmp_path, monkeypatch, method):
     """Neither a forked daemon nor a new interpreter takes anything from its caller: a hostile mfusepy.py
@@ -330,6 +334,7 @@ def test_start_method_fork_is_refused_with_threads_and_auto_starts_an_interprete
         PoolClient(str(tmp_path / "pool"), str(tmp_path / "dev"), start_method="spawn")
 
 
+@FORKED
 @pytest.mark.parametrize("method", ["fork", "exec"])
 def test_a_daemon_that_cannot_start_says_why_at_once(tmp_path, method):
     """Readiness comes through a pipe: a daemon that dies before it is ready (no pool here) is reported
@@ -344,6 +349,7 @@ def test_a_daemon_that_cannot_start_says_why_at_once(tmp_path, method):
     assert not pool_daemons(str(tmp_path), False)
 
 
+@FORKED
 def test_forked_daemon_is_reaped(tmp_path):
     """A daemon this process forked is its child: stop() reaps it when it exits, close() leaves it to a
     thread when it outlives the client; no zombie either way."""

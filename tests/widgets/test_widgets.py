@@ -110,7 +110,8 @@ def test_image_browser_and_container_panel(tmp_path):
         ib.tag_text.value = "bb:v1"
         ib.tag()
         assert "bb:v1" in ib.inspect()["tags"] and "bb:v1" in ib.details.value
-        assert not re.search(r"\d{6,}", ib.tree.value) and "MiB" in ib.details.value   # sizes, not raw bytes
+        # sizes, not raw bytes (a hex image id like b6f798633a2d has digit runs of its own: whole words only)
+        assert not re.search(r"(?<![\w.])\d{6,}(?![\w.])", ib.tree.value) and "MiB" in ib.details.value
         c = lab.run("busybox", ["sh", "-c", "echo up; sleep 30"], name="svc", detach=True)
         try:
             cp = ContainerPanel(lab)
