@@ -79,7 +79,9 @@ def _check(t, rerun: int, images: int, *, data: int, dependency: bool) -> None:
     assert list(hand.images_in_store) == [2, 3, 3] and list(recipe.images_in_store) == [7, images, 7]
     left = recipe.bytes_added["after prune"] - recipe.bytes_added["first build"]
     kept = hand.bytes_added["after prune"] - hand.bytes_added["first build"]
-    assert abs(left) < data / 2, left                   # prune takes the recipe's store back to one version
+    # prune takes the recipe's store back to one version: less than the dependency's size away from the first
+    # build (thin counts 64 KiB blocks, and ext4's own metadata there moves by a block or two: 128 KiB was seen)
+    assert abs(left) < data, left
     if dependency:
         assert kept >= data, kept                       # the hand chain keeps both versions of the dependency
     assert (t.seconds > 0).all()
