@@ -76,7 +76,8 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     """``@pytest.mark.one_thread``: the test runs in a forked child of the suite, which has exactly one
     thread — what forking the thin pool's daemon needs (PoolClient refuses to fork beside other threads, and
     earlier tests may have left this process some: a reaper, tqdm's monitor, a Dask client's loop)."""
-    if pyfuncitem.get_closest_marker("one_thread") is None or len(os.listdir("/proc/self/task")) == 1:
+    from labkit.thin.client import single_threaded
+    if pyfuncitem.get_closest_marker("one_thread") is None or single_threaded():
         return None
     import traceback
     args = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}

@@ -14,15 +14,10 @@ needs to fork containers.
 """
 from __future__ import annotations
 
-from typing import Any
+from .._sys import lazy
 
 __all__ = ["Runtime", "Container", "Bind", "BridgeConfig", "Limits", "ContainerState", "Profile", "Pty"]
 _WHERE = {"Runtime": "runtime", "Container": "runtime", "Bind": "state", "BridgeConfig": "network",
           "Limits": "cgroups", "ContainerState": "state", "Profile": "security", "Pty": "tty"}
 
-
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        import importlib
-        return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
-    raise AttributeError(name)
+__getattr__, __dir__ = lazy.attributes(__name__, _WHERE, globals())
