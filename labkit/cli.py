@@ -239,12 +239,12 @@ def _exit_now(code: int) -> None:
     one by one took 15-25 ms of a `labkit run` that the kernel does in one go (the spawner ends the same
     way). Returns when it cannot."""
     import atexit
-    import threading
     pending = getattr(atexit, "_ncallbacks", None)
     if pending is None or pending():
         return
-    main = threading.main_thread()
-    if any(t is not main and not t.daemon and t.is_alive() for t in threading.enumerate()):
+    threading = sys.modules.get("threading")    # not imported: no thread was started through it
+    main = threading.main_thread() if threading else None
+    if threading and any(t is not main and not t.daemon and t.is_alive() for t in threading.enumerate()):
         return
     try:
         sys.stdout.flush()

@@ -17,7 +17,6 @@ A container's snapshot is ``ctr-<name>``, labelled ``labkit.container=<name>``.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import shutil
@@ -25,7 +24,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import errors
-from ._sys import mounts
+from ._sys import mounts, record
 from ._sys.leftovers import inside
 from .config import default_root
 from .containers.runtime import Runtime
@@ -68,11 +67,11 @@ def check_name(name: str) -> str:
 
 
 def _records(rows: Any) -> list[dict[str, Any]]:
-    return [_plain(r) if dataclasses.is_dataclass(r) else dict(r) for r in rows]
+    return [_plain(r) if _structured(r) else dict(r) for r in rows]
 
 
 def _frame(rows: Any, columns: list[str] | None = None, *, as_frame: bool = True) -> Any:
-    """A DataFrame from a list of dataclasses or dicts, ``created`` as UTC timestamps (pandas is imported
+    """A DataFrame from a list of records, dataclasses or dicts, ``created`` as UTC timestamps (pandas is imported
     only here); with ``as_frame=False`` the plain list of dicts (the CLI: no pandas on its fast paths)."""
     recs = _records(rows)
     if not as_frame:
@@ -98,8 +97,13 @@ def _cut(text: str, n: int) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
+def _structured(x: Any) -> bool:
+    """A record or a dataclass instance (not a class)."""
+    return not isinstance(x, type) and (isinstance(x, record.Record) or hasattr(type(x), "__dataclass_fields__"))
+
+
 def _plain(x: Any) -> Any:
-    return dataclasses.asdict(x) if dataclasses.is_dataclass(x) and not isinstance(x, type) else x
+    return record.asdict(x) if _structured(x) else x
 
 
 

@@ -59,6 +59,11 @@ NEVER_RUN = {
     "tempfile": "making images and compiling filters (it loads random)",
     "socket": "the spawner helper's channel: a direct fork does without",
     "platform": "~2.5 ms; os.uname() says what platform.machine()/release() say",
+    "dataclasses": "loads inspect, ast, dis and tokenize (~8 ms) and compiles each class's methods (~1 ms each): "
+                   "run-path types are labkit._sys.record records",
+    "inspect": "~8 ms with ast, dis and tokenize",
+    "subprocess": "~3 ms with selectors: a run on overlay starts no tool",
+    "ipaddress": "~2 ms: the default bridge subnet is never parsed",
 }
 
 #: and `labkit run` on a thin store none of these: it talks to the pool's daemon, which it forks and which

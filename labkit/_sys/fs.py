@@ -13,7 +13,6 @@ import ctypes
 import fcntl
 import os
 import stat
-import subprocess
 from typing import NamedTuple
 
 from .. import errors
@@ -31,6 +30,7 @@ def copy_tree(src: str, dst: str, *, reflink: str = "never") -> None:
     times, xattrs, hard links, device nodes and overlay whiteouts kept). ``reflink`` is cp's
     ``--reflink=never|always|auto``: coreutils 9 reflinks by default, so the copy baseline must say never.
     """
+    import subprocess  # (here: `labkit run` never starts a tool; its import is ~4 ms)
     res = subprocess.run(["cp", "-a", f"--reflink={reflink}", "--", f"{src}/.", dst],
                          capture_output=True, text=True)
     if res.returncode:
@@ -156,6 +156,7 @@ def require_binary(name: str, package: str) -> str | None:
 
 def run(cmd: list[str], what: str) -> str:
     """Run a host tool; a failure becomes a one-line OSError naming ``what`` and the tool's last words."""
+    import subprocess
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode:
         msg = (res.stderr or res.stdout).strip().splitlines()

@@ -16,7 +16,8 @@ import errno
 import fcntl
 import os
 import time
-from dataclasses import dataclass
+
+from .record import Record
 
 LOOP_SET_FD = 0x4C00
 LOOP_CLR_FD = 0x4C01
@@ -106,8 +107,7 @@ def detach(dev: str) -> None:
         os.close(fd)
 
 
-@dataclass(frozen=True)
-class Loop:
+class Loop(Record):
     """A bound loop device as sysfs and LOOP_GET_STATUS64 show it."""
 
     dev: str

@@ -7,7 +7,6 @@ True
 from __future__ import annotations
 
 import os
-import subprocess
 
 from .mounts import mountinfo
 
@@ -22,6 +21,7 @@ def has_filesystem(name: str) -> bool:
     """True when the kernel knows ``name`` (tries ``modprobe`` once if it is missing)."""
     if name in kernel_filesystems():
         return True
+    import subprocess  # (here: a `labkit run` whose filesystem is loaded starts no tool)
     try:                                   # no shell: ``name`` is never parsed as a command line
         subprocess.run(["modprobe", "--", name], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
     except OSError:                        # no modprobe (kmod): the kernel keeps what it has

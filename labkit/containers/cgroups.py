@@ -22,10 +22,11 @@ import errno
 import os
 import signal
 import time
-from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from labkit import errors
+
+from .._sys.record import Record, field
 
 PARENT = "labkit"
 PERIOD_US = 100_000
@@ -33,8 +34,7 @@ V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "freezer", "devices")
 V2_CONTROLLERS = ("memory", "cpu", "pids")
 
 
-@dataclass(frozen=True)
-class Limits:
+class Limits(Record):
     """Resource limits; ``None`` means unlimited. ``cpus`` is a number of CPUs (0.5 = half of one);
     ``devices`` the v1 devices-controller allowlist (``"c 1:3 rwm"`` lines; ``None``: every device)."""
 
@@ -87,8 +87,7 @@ def _rmdir(path: str, timeout: float = 2.0) -> None:
             time.sleep(0.005)
 
 
-@dataclass
-class CgroupV1:
+class CgroupV1(Record, frozen=False):
     """A container's cgroup on v1: ``<mount of controller>/labkit/<id>`` for each controller."""
 
     id: str
@@ -199,8 +198,7 @@ class CgroupV1:
             _rmdir(d)
 
 
-@dataclass
-class CgroupV2:
+class CgroupV2(Record, frozen=False):
     """A container's cgroup on the unified hierarchy: ``<root>/labkit/<id>``."""
 
     id: str

@@ -22,19 +22,20 @@ disappears with them and nothing under /run/netns can be left behind. Addresses 
 from __future__ import annotations
 
 import fcntl
-import ipaddress
 import os
 import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from labkit import errors
 
 from . import _ns
+
+if TYPE_CHECKING:
+    import ipaddress
 
 RUN_DIR = "/run/labkit"
 PREFIX = "lk-"
@@ -44,6 +45,13 @@ class _Bridge(NamedTuple):
     name: str = "lk-br0"
     subnet: str = "10.88.0.0/16"
     nat: bool = False
+
+
+def _ipaddress() -> Any:
+    """The ``ipaddress`` module, imported when a subnet is first looked at: ~2 ms that a `labkit run` with
+    the default bridge config never needs (docs/performance.md)."""
+    import ipaddress
+    return ipaddress
 
 
 class BridgeConfig(_Bridge):
@@ -57,13 +65,13 @@ class BridgeConfig(_Bridge):
     def __new__(cls, name: str = "lk-br0", subnet: str = "10.88.0.0/16", nat: bool = False) -> BridgeConfig:
         if not name.startswith(PREFIX) or len(name) > 15:
             raise errors.InvalidArgument(f"bridge name {name!r}", "must start with lk- and have <= 15 chars")
-        if ipaddress.ip_network(subnet).num_addresses < 4:
+        if subnet != _Bridge._field_defaults["subnet"] and _ipaddress().ip_network(subnet).num_addresses < 4:
             raise errors.InvalidArgument(f"subnet {subnet}", "too small", fix="use a /30 or larger")
         return super().__new__(cls, name, subnet, nat)
 
     @property
     def network(self) -> ipaddress.IPv4Network:
-        return ipaddress.ip_network(self.subnet)  # type: ignore[return-value]
+        return _ipaddress().ip_network(self.subnet)
 
     @property
     def gateway(self) -> str:
@@ -160,6 +168,7 @@ def _nat(cfg: BridgeConfig, *, add: bool) -> None:
     if ipt is None:
         raise errors.Unsupported("NAT for the labkit bridge", "needs iptables", fix="apt-get install iptables")
     rule = nat_rule(cfg)
+    import subprocess  # (here: only NAT starts a tool; ~3 ms of every `labkit run`)
     if add:
         with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
             f.write("1")

@@ -38,8 +38,8 @@ from __future__ import annotations
 
 import resource
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
+from .._sys.record import Record, field
 from . import capabilities
 
 #: moby's default masked paths (oci/defaults.go): hidden from the container
@@ -73,8 +73,7 @@ def default_rlimits() -> list[tuple[str, int, int]]:
     return [("NOFILE", nofile, nofile), ("CORE", 0, 0)]
 
 
-@dataclass(frozen=True)
-class Profile:
+class Profile(Record):
     """What a container's processes may do; stored with the container so ``exec`` applies the same."""
 
     caps: frozenset[str] = capabilities.DEFAULT

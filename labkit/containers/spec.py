@@ -13,7 +13,7 @@ the empty lists of the defaults are shared: never append to a field.
 """
 from __future__ import annotations
 
-import base64
+import binascii
 from typing import Any, NamedTuple
 
 
@@ -41,13 +41,13 @@ class ProcessSpec(NamedTuple):
 
     def to_json(self) -> dict[str, Any]:
         d = self._asdict()
-        d["seccomp"] = base64.b64encode(self.seccomp).decode()
+        d["seccomp"] = binascii.b2a_base64(self.seccomp, newline=False).decode()
         return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ProcessSpec:
         d = {k: v for k, v in d.items() if k in cls._fields}
-        d["seccomp"] = base64.b64decode(d.get("seccomp") or "")
+        d["seccomp"] = binascii.a2b_base64(d.get("seccomp") or "")
         d["rlimits"] = [tuple(r) for r in d.get("rlimits", [])]
         return cls(**d)
 

@@ -14,11 +14,11 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple
 
 from labkit import errors
 
+from .._sys.record import Record, field, field_names
 from . import cgroups as cg
 from .network import BridgeConfig
 from .security import Profile
@@ -75,8 +75,7 @@ class Bind(NamedTuple):
         return b
 
 
-@dataclass(frozen=True)
-class CgroupRef:
+class CgroupRef(Record):
     """Where a container's cgroup is: v2 ``root``, or the v1 controller -> mount point map."""
 
     version: int
@@ -95,8 +94,7 @@ class CgroupRef:
         return cg.CgroupV1(cid, dict(self.mounts))
 
 
-@dataclass
-class ContainerState:
+class ContainerState(Record, frozen=False):
     """Everything labkit records about one container (see docs/containers.md).
 
     Set at creation: identity, what runs and how (``cmd`` ... ``profile``), where (``cgroup``,
@@ -131,7 +129,7 @@ class ContainerState:
     network_released: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        d: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
+        d: dict[str, Any] = {n: getattr(self, n) for n in field_names(self)}
         d["binds"] = [[b.source, b.target, b.ro] for b in self.binds]
         d["limits"] = {"memory": self.limits.memory, "cpus": self.limits.cpus, "pids": self.limits.pids,
                        "devices": list(self.limits.devices) if self.limits.devices is not None else None}
@@ -143,7 +141,7 @@ class ContainerState:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ContainerState:
         """Read :meth:`to_json`'s dict (unknown keys are ignored, missing optional ones take defaults)."""
-        known = {f.name for f in fields(cls)}
+        known = set(field_names(cls))
         kw = {k: v for k, v in d.items() if k in known}
         kw["binds"] = [Bind(s, t, bool(ro)) for s, t, ro in d.get("binds", [])]
         lim = d.get("limits") or {}

@@ -1,6 +1,6 @@
 """Images: a store of committed snapshots with tags, lineage and provenance; safe imports and exports.
 
-The store answers with frozen dataclasses of flat fields (:mod:`labkit.images.records`); this package
+The store answers with frozen records of flat fields (:mod:`labkit.images.records`); this package
 never imports pandas (the Lab turns records into DataFrames).
 
 Names are imported on first use (PEP 562), so ``labkit run`` loads the store and not the archive,

@@ -41,10 +41,11 @@ import posixpath
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import errors
+from .._sys.record import replace
 from . import context as ctx
 from .recipe import MAX_RECIPE, Instruction, exec_form, pairs, parse, usage, words
 from .records import BuildResult, BuildStep, ImageConfig

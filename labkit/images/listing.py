@@ -1,5 +1,5 @@
 """What looking at the image store answers: one image, a history entry, a row of ``df``, a node of the
-lineage tree, what depends on an image (frozen dataclasses of flat fields; see
+lineage tree, what depends on an image (frozen records of flat fields; see
 :mod:`labkit.images.records`, which names them all).
 
 >>> Requirements(images=(), containers=("web",)).containers
@@ -7,15 +7,13 @@ lineage tree, what depends on an image (frozen dataclasses of flat fields; see
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from .._sys.record import Record
 from .records import ImageConfig
 
 __all__ = ["ImageInfo", "HistoryEntry", "DfRow", "TreeNode", "Requirements"]
 
 
-@dataclass(frozen=True)
-class ImageInfo:
+class ImageInfo(Record):
     """One image (``images()``, ``inspect()``).
 
     ``size`` is the apparent content of its root filesystem (None: not measured yet, e.g. a commit whose
@@ -54,8 +52,7 @@ class ImageInfo:
         return ImageConfig(self.env, self.cmd, self.entrypoint, self.workdir, self.user, self.labels)
 
 
-@dataclass(frozen=True)
-class HistoryEntry:
+class HistoryEntry(Record):
     """One image of a ``history()`` chain (newest first); ``recipe`` as in :class:`ImageInfo`."""
 
     id: str
@@ -70,8 +67,7 @@ class HistoryEntry:
     recipe: str = ""
 
 
-@dataclass(frozen=True)
-class DfRow:
+class DfRow(Record):
     """Disk use of one image or container (``df()``); bytes. ``name`` is an image's short id or a
     container's name; ``snapshot`` the snapshot that holds its own layer."""
 
@@ -84,8 +80,7 @@ class DfRow:
     reclaimable: int
 
 
-@dataclass(frozen=True)
-class TreeNode:
+class TreeNode(Record):
     """One image in the lineage tree, with its child images and the containers on it; ``recipe`` is
     ``<file>:<line>`` of the recipe step that made it (empty: an import or a hand commit)."""
 
@@ -100,8 +95,7 @@ class TreeNode:
     recipe: str = ""
 
 
-@dataclass(frozen=True)
-class Requirements:
+class Requirements(Record):
     """What depends on an image, transitively: image ids and container names."""
 
     images: tuple[str, ...]

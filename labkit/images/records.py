@@ -1,14 +1,14 @@
-"""What the image store answers with: frozen dataclasses of flat fields.
+"""What the image store answers with: frozen records of flat fields (:mod:`labkit._sys.record`: classes
+that behave as frozen dataclasses and cost ~50x less to define).
 
 Every field is a ``str``, ``int``, ``float``, ``bool``, ``None`` or a tuple of ``str``, so a list of
-records becomes a table with ``pd.DataFrame([dataclasses.asdict(r) for r in records])`` (the Lab does
+records becomes a table with ``pd.DataFrame([record.asdict(r) for r in records])`` (the Lab does
 that; this package never imports pandas). Ids are always the full 64 hex digits in ``id`` and the first
 12 in ``short_id``; sizes are bytes; times are seconds since the epoch.
 
 This module defines :class:`ImageConfig` (what ``labkit run`` reads) and names every other record, which
-lives where it is made and is imported on first use (creating a dataclass costs about a millisecond,
-and a ``labkit run`` needs none of them): :mod:`labkit.images.listing` for what looking at the store
-answers (``ImageInfo``, ``HistoryEntry``, ``DfRow``, ``TreeNode``, ``Requirements``),
+lives where it is made and is imported on first use (a ``labkit run`` needs none of them):
+:mod:`labkit.images.listing` for what looking at the store answers (``ImageInfo``, ``HistoryEntry``, ``DfRow``, ``TreeNode``, ``Requirements``),
 :mod:`labkit.images.reports` for what changing it answers (``Removal``, ``RmiReport``, ``PruneReport``,
 ``CheckReport``, ``SaveReport``, ``BuildStep``, ``BuildResult``).
 
@@ -19,10 +19,10 @@ answers (``ImageInfo``, ``HistoryEntry``, ``DfRow``, ``TreeNode``, ``Requirement
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .._sys import lazy
+from .._sys.record import Record
 
 if TYPE_CHECKING:
     from .listing import DfRow, HistoryEntry, ImageInfo, Requirements, TreeNode
@@ -40,8 +40,7 @@ _WHERE = {**{n: "listing" for n in ("ImageInfo", "HistoryEntry", "DfRow", "TreeN
 __getattr__, __dir__ = lazy.attributes("labkit.images", _WHERE, globals())
 
 
-@dataclass(frozen=True)
-class ImageConfig:
+class ImageConfig(Record):
     """The run-time defaults an image carries (the OCI image config's ``config`` object, flattened).
 
     ``env`` holds ``KEY=value`` strings, ``labels`` ``key=value`` strings (sorted); an empty tuple or

@@ -1,5 +1,5 @@
 """What changing the image store answers: removals, ``rmi``/``prune``/``check`` reports, what ``save``
-wrote, what ``build`` made (frozen dataclasses of flat fields; see :mod:`labkit.images.records`, which
+wrote, what ``build`` made (frozen records of flat fields; see :mod:`labkit.images.records`, which
 names them all).
 
 >>> RmiReport("app:v1", "ab" * 32, ("app:v1",), (), ()).freed
@@ -8,13 +8,13 @@ names them all).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+
+from .._sys.record import Record
 
 __all__ = ["Removal", "RmiReport", "PruneReport", "CheckReport", "SaveReport", "BuildStep", "BuildResult"]
 
 
-@dataclass(frozen=True)
-class Removal:
+class Removal(Record):
     """One image deleted: the tags it still had and the bytes its layer freed (``usage`` just before)."""
 
     id: str
@@ -23,8 +23,7 @@ class Removal:
     freed: int
 
 
-@dataclass(frozen=True)
-class RmiReport:
+class RmiReport(Record):
     """What ``rmi(ref)`` did: tags removed, images deleted, and (with ``force``) what still holds it."""
 
     ref: str
@@ -44,8 +43,7 @@ class RmiReport:
         return sum(r.freed for r in self.removals)
 
 
-@dataclass(frozen=True)
-class PruneReport:
+class PruneReport(Record):
     """What ``prune()`` deleted (or, ``dry_run``, would delete), one :class:`Removal` each, in order."""
 
     removals: tuple[Removal, ...] = ()
@@ -62,8 +60,7 @@ class PruneReport:
         return sum(r.freed for r in self.removals)
 
 
-@dataclass(frozen=True)
-class CheckReport:
+class CheckReport(Record):
     """``check()``: the inconsistencies found, and for each (same index) the repair done
     (``repair=True``), proposed (``would ...``), failed (``not repaired (...): why``) or declined
     (``none: ...``).
@@ -91,8 +88,7 @@ class CheckReport:
         return zip(self.problems, self.repairs)
 
 
-@dataclass(frozen=True)
-class SaveReport:
+class SaveReport(Record):
     """What ``save()`` wrote: the archive, the image and its name in it, and per layer (base first) the
     blob digest and the diff_id (sha256 of the uncompressed tar). Images whose content equals their
     parent's add no layer (``empty_layers`` counts them; the config's history marks them).
@@ -115,8 +111,7 @@ class SaveReport:
     empty_layers: int
 
 
-@dataclass(frozen=True)
-class BuildStep:
+class BuildStep(Record):
     """One recipe step of a build: its number, ``<file>:<line>``, the instruction as run (variables
     substituted), the image it left, whether that came from the cache, and its seconds."""
 
@@ -128,8 +123,7 @@ class BuildStep:
     seconds: float
 
 
-@dataclass(frozen=True)
-class BuildResult:
+class BuildResult(Record):
     """What ``build()`` made: the final image (``id``), the tag it got, and every step."""
 
     id: str

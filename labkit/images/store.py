@@ -5,7 +5,7 @@ An image is the committed snapshot ``img-<id>`` of the store's snapshotter plus 
 created, created_by, comment, size (apparent content bytes), config (Env, Cmd, Entrypoint, WorkingDir,
 User, Labels). Tags are ``name:tag`` rows pointing at an id. Containers belong to the runtime; the store
 sees them as active (or view) snapshots whose parent is an image's snapshot, and treats them as users of
-that image. Answers are frozen dataclasses (:mod:`labkit.images.records`); this module never imports
+that image. Answers are frozen records (:mod:`labkit.images.records`); this module never imports
 pandas.
 
 >>> from labkit.snapshots import open_snapshotter            # doctest: +SKIP
@@ -51,7 +51,7 @@ from .reference import NAME_RULE, TAG_RULE, normalize
 # What only some verbs use is imported in the method that uses it, so that opening the store and
 # running a container (``labkit run``) loads none of it: archives and tar extraction (archive, interop,
 # tarsafe), recipes (build), exports (save), repair, lineage, the sources of base images, and the records
-# of listings and reports (each dataclass costs about a millisecond to create).
+# of listings and reports.
 if TYPE_CHECKING:
     from .build import RunStep
     from .listing import DfRow, HistoryEntry, ImageInfo, Requirements, TreeNode

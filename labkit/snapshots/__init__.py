@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import importlib
 import os
-from dataclasses import dataclass
 from typing import Any
 
 from .. import errors
+from .._sys.record import Record
 from ..config import default_root
 from .base import BaseSnapshotter, Info, Kind, Recovered, Snapshotter, Usage, parse_filters
 from .capabilities import BlockMapped, PoolBacked, SnapshotBlock, StoreSpace
@@ -62,8 +62,7 @@ def backend_names() -> list[str]:
     return list(_BACKENDS)
 
 
-@dataclass(frozen=True)
-class BackendStatus:
+class BackendStatus(Record):
     """Whether a backend runs here, and if not, why and the fix."""
 
     name: str

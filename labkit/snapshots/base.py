@@ -101,13 +101,13 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, ClassVar, NamedTuple, Protocol, runtime_checkable
 
 from .. import errors
 from .._db import connect, transaction
 from .._sys.fs import tree_usage
+from .._sys.record import Record, field
 from .capabilities import StoreSpace
 from .mount import Mount
 
@@ -150,8 +150,7 @@ class Kind(str, Enum):
     COMMITTED = "committed"
 
 
-@dataclass(frozen=True)
-class Info:
+class Info(Record):
     """Metadata of one snapshot (``stat``/``walk``)."""
 
     name: str
@@ -162,16 +161,14 @@ class Info:
     labels: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class Usage:
+class Usage(Record):
     """Space exclusive to one snapshot's own layer (parents never count)."""
 
     size: int
     inodes: int
 
 
-@dataclass(frozen=True)
-class Recovered:
+class Recovered(Record):
     """One operation a crashed process left half done, as :meth:`BaseSnapshotter.recover` settled it.
 
     ``operation`` is ``prepare``, ``view`` or ``remove``; ``outcome`` is ``rolled back`` (the half-made

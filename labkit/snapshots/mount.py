@@ -15,14 +15,13 @@ from __future__ import annotations
 import errno
 import os
 import time
-from dataclasses import dataclass
 from types import TracebackType
 
 from .._sys import mounts as sysmount
+from .._sys.record import Record
 
 
-@dataclass(frozen=True)
-class Mount:
+class Mount(Record):
     """How to mount one snapshot: ``type``, ``source`` and ``options`` (``"ro"``, ``"key=value"``)."""
 
     type: str

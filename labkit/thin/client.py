@@ -32,7 +32,6 @@ import json
 import os
 import select
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -44,6 +43,7 @@ from . import loopdev, wire
 
 if TYPE_CHECKING:  # imported where they are made: a `labkit run` needs none of them (docs/performance.md)
     import logging
+    import subprocess  # a daemon is forked unless this process has threads (~3 ms with selectors)
 
     from .check import CheckReport
     from .records import BlockInfo, DeviceDetails, Status, Usage
@@ -407,6 +407,7 @@ class PoolClient:
                 "from labkit.thin.daemon import serve_and_exit; serve_and_exit(sys.argv[2:])")
         argv = [sys.executable, "-I", "-S", "-c", code, "labkit.thin.daemon", self.pool_path, self.mountpoint,
                 "--idle", str(self.idle), "--ready-fd", str(ready_w)]
+        import subprocess
         logfd = _open_log(self.pool_path)
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logfd, stderr=logfd, cwd="/",
@@ -710,7 +711,7 @@ class PoolClient:
 def _wait_quietly(child: int | subprocess.Popen[bytes], *, block: bool = True) -> bool:
     """Reap a daemon this process started (a pid it forked, or the Popen of an interpreter); returns
     whether it has exited (with ``block``, after waiting for it)."""
-    if isinstance(child, subprocess.Popen):
+    if not isinstance(child, int):                       # the Popen of an interpreter
         return (child.wait() if block else child.poll()) is not None
     try:
         return os.waitpid(child, 0 if block else os.WNOHANG)[0] == child

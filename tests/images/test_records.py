@@ -1,12 +1,12 @@
-"""The store's answers are frozen dataclasses of flat fields (a list of them is a table), and the lineage
+"""The store's answers are frozen records of flat fields (a list of them is a table), and the lineage
 arithmetic behind df() and tree() is right on plain data. No root needed."""
 from __future__ import annotations
 
-import dataclasses
 import typing
 
 import pytest
 
+from labkit._sys.record import FrozenInstanceError, asdict, field_names, is_record
 from labkit.images import records
 from labkit.images.lineage import df_rows, render_tree
 from labkit.images.records import CheckReport, ImageConfig, PruneReport, Removal, RmiReport, TreeNode
@@ -27,25 +27,25 @@ def _flat(tp) -> bool:
 @pytest.mark.parametrize("name", records.__all__)
 def test_records_are_frozen_flat_and_documented(name) -> None:
     cls = getattr(records, name)
-    assert dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen and cls.__doc__
+    assert is_record(cls) and cls.__record_frozen__ and cls.__doc__
     hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if f.name in NESTED.get(name, ()):
+    for f in field_names(cls):
+        if f in NESTED.get(name, ()):
             continue
-        assert _flat(hints[f.name]), f"{name}.{f.name}: {hints[f.name]}"
+        assert _flat(hints[f]), f"{name}.{f}: {hints[f]}"
 
 
 def test_a_list_of_records_is_a_table() -> None:
     pd = pytest.importorskip("pandas")
     rows = df_rows({"a" * 64: None}, {"a" * 64: 7}, {})
-    df = pd.DataFrame([dataclasses.asdict(r) for r in rows])
+    df = pd.DataFrame([asdict(r) for r in rows])
     assert list(df.columns) == ["kind", "name", "snapshot", "total", "shared", "exclusive", "reclaimable"]
     rm = (Removal("a" * 64, "a" * 12, ("x:1",), 10), Removal("b" * 64, "b" * 12, (), 5))
     report = PruneReport(removals=rm)
     assert report.freed == 15 and report.deleted == ("a" * 64, "b" * 64)
-    assert pd.DataFrame([dataclasses.asdict(r) for r in report.removals]).freed.sum() == 15
+    assert pd.DataFrame([asdict(r) for r in report.removals]).freed.sum() == 15
     assert RmiReport("x:1", "a" * 64, ("x:1",), rm[:1], ()).freed == 10
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(FrozenInstanceError):
         report.removals = ()        # type: ignore[misc]
 
 
