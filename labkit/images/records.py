@@ -8,7 +8,8 @@ that; this package never imports pandas). Ids are always the full 64 hex digits 
 
 This module defines :class:`ImageConfig` (what ``labkit run`` reads) and names every other record, which
 lives where it is made and is imported on first use (a ``labkit run`` needs none of them):
-:mod:`labkit.images.listing` for what looking at the store answers (``ImageInfo``, ``HistoryEntry``, ``DfRow``, ``TreeNode``, ``Requirements``),
+:mod:`labkit.images.listing` for what looking at the store answers (``ImageInfo``, ``HistoryEntry``,
+``DfRow``, ``TreeNode``, ``Requirements``),
 :mod:`labkit.images.reports` for what changing it answers (``Removal``, ``RmiReport``, ``PruneReport``,
 ``CheckReport``, ``SaveReport``, ``BuildStep``, ``BuildResult``).
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 
+from .._sys.record import Record, field
 from .btree import items
 from .metadata import KIND_DEVICES, KIND_MAPPING, MetadataError, Superblock, TransactionManager
 from .records import DeviceDetails
@@ -27,8 +27,7 @@ __all__ = ["CheckReport", "check_metadata"]
 MAX_PROBLEMS = 200
 
 
-@dataclass
-class CheckReport:
+class CheckReport(Record, frozen=False):
     """What :meth:`Pool.check` found. ``ok`` is True when ``problems`` is empty; ``notes`` say what was
     not (or could not be) checked, e.g. for the kernel's pool (``dmthin``).
 

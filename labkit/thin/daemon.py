@@ -28,7 +28,6 @@ either (:mod:`labkit.thin.gc`).
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import errno
 import json
 import logging
@@ -42,7 +41,7 @@ import time
 from typing import Any
 
 from .. import errors
-from .._sys import loop
+from .._sys import loop, record
 from .._sys import mounts as sysmount
 from . import wire
 from .exportfs import PoolFS, PoolFUSE, mount_options
@@ -224,11 +223,11 @@ class Daemon:
         if op == "devices":
             return {"ok": pool.devices()}
         if op == "status":
-            return {"ok": dataclasses.asdict(pool.status())}
+            return {"ok": record.asdict(pool.status())}
         if op == "usage":
-            return {"ok": dataclasses.asdict(pool.usage(*args))}
+            return {"ok": record.asdict(pool.usage(*args))}
         if op == "usages":
-            return {"ok": {str(k): dataclasses.asdict(u) for k, u in pool.usages().items()}}
+            return {"ok": {str(k): record.asdict(u) for k, u in pool.usages().items()}}
         if op == "mappings":
             return {"ok": pool.mappings(*args)}
         if op == "sharing":
@@ -236,9 +235,9 @@ class Daemon:
         if op == "block_map":
             return {"ok": [[b.state, b.data_block] for b in pool.block_map(*args)]}
         if op == "details":
-            return {"ok": dataclasses.asdict(pool.details(*args))}
+            return {"ok": record.asdict(pool.details(*args))}
         if op == "check":
-            return {"ok": dataclasses.asdict(pool.check())}
+            return {"ok": record.asdict(pool.check())}
         raise errors.InvalidArgument(f"daemon request {op!r}", "is unknown")
 
     def _loops_mounted(self) -> bool:

@@ -23,13 +23,12 @@ from __future__ import annotations
 import os
 import struct
 import sys
-import uuid as _uuid
 import zlib
 from array import array
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from typing import Any
 
+from .._sys.record import Record, field
 from ..errors import FailedPrecondition
 from .spacemap import CHUNK, NoSpace, SpaceMap
 
@@ -129,11 +128,45 @@ class Node:
 SB = struct.Struct("<I8sIQQIIQQQQQQQ")  # csum magic version tid time flags node_cap meta_blocks data_blocks
 #                                           data_block_size devroot meta_idx_n data_idx_n reserved
 SB_UUID = 128  # offset of the 16-byte uuid
+
+
+def uuid_text(raw: bytes) -> str:
+    """16 bytes as a uuid's text (``str(uuid.UUID(bytes=raw))``, without the ``uuid`` module, whose import
+    loads ``platform``: ~3 ms of every pool daemon's start).
+
+    >>> uuid_text(bytes(range(16)))
+    '00010203-0405-0607-0809-0a0b0c0d0e0f'
+    """
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
+
+
+def new_uuid() -> str:
+    """A random (version 4) uuid's text, as ``str(uuid.uuid4())``.
+
+    >>> u = new_uuid(); len(u), u[14], u[19] in "89ab"
+    (36, '4', True)
+    """
+    b = bytearray(os.urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40            # version 4
+    b[8] = (b[8] & 0x3F) | 0x80            # the RFC 4122 variant
+    return uuid_text(bytes(b))
+
+
+def uuid_bytes(text: str) -> bytes:
+    """The 16 bytes of a uuid's text (``uuid.UUID(text).bytes``); ValueError when it is not one.
+
+    >>> uuid_bytes("00010203-0405-0607-0809-0a0b0c0d0e0f") == bytes(range(16))
+    True
+    """
+    h = text.replace("-", "")
+    if len(h) != 32:
+        raise ValueError(f"not a uuid: {text!r}")
+    return bytes.fromhex(h)
 SB_LISTS = 256  # offset of the index-block lists: meta ones then data ones (u64 each)
 
 
-@dataclass
-class Superblock:
+class Superblock(Record, frozen=False):
     """The committed root of everything (``thin_disk_superblock`` in the kernel)."""
 
     transaction_id: int
@@ -153,7 +186,7 @@ class Superblock:
         SB.pack_into(raw, 0, 0, SB_MAGIC, SB_VERSION, self.transaction_id, self.time, self.flags,
                      self.node_capacity, self.nr_metadata_blocks, self.nr_data_blocks, self.data_block_size,
                      self.device_root, len(self.meta_index), len(self.data_index), 0)
-        raw[SB_UUID:SB_UUID + 16] = _uuid.UUID(self.uuid).bytes if self.uuid else bytes(16)
+        raw[SB_UUID:SB_UUID + 16] = uuid_bytes(self.uuid) if self.uuid else bytes(16)
         lists = self.meta_index + self.data_index
         if SB_LISTS + 8 * len(lists) > BLOCK:
             raise FailedPrecondition("thin pool superblock", "has no room for the space map index",
@@ -178,7 +211,7 @@ class Superblock:
         lists = list(struct.unpack_from(f"<{nmi + ndi}Q", raw, SB_LISTS))
         u = bytes(raw[SB_UUID:SB_UUID + 16])
         return Superblock(tid, time, flags, cap, nmeta, ndata, dbs, devroot, lists[:nmi], lists[nmi:],
-                          str(_uuid.UUID(bytes=u)) if any(u) else "")
+                          uuid_text(u) if any(u) else "")
 
 
 class Stats:

@@ -22,7 +22,6 @@ import os
 import sys
 import threading
 import time as _time
-import uuid as _uuid
 from collections.abc import Callable, Iterator, Mapping
 from typing import IO, TYPE_CHECKING, Any, cast
 
@@ -42,6 +41,7 @@ from .metadata import (
     TransactionManager,
     index_capacity,
     load_spacemap,
+    new_uuid,
 )
 from .records import DEVICE_WIDTH, BlockInfo, DeviceDetails, PoolFull, Status, Usage
 from .spacemap import NoSpace, SpaceMap
@@ -218,7 +218,7 @@ class Pool:
         self.tm = TransactionManager(self._mfd, meta_sm, data_sm, cap)
         self.sb = Superblock(transaction_id=0, time=0, flags=0, node_capacity=cap, nr_metadata_blocks=nr_meta,
                              nr_data_blocks=nr_data, data_block_size=bs, device_root=0,
-                             uuid=str(_uuid.uuid4()))
+                             uuid=new_uuid())
         self.sb.device_root = btree.empty_tree(self.tm, KIND_DEVICES, DEVICE_WIDTH)
         self._devs: dict[int, DeviceDetails] = {}
         self._dirty_devs: set[int] = set()

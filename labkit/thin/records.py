@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import errno
 import os
-from dataclasses import dataclass
 from typing import NamedTuple
 
+from .._sys.record import Record
 from ..errors import FailedPrecondition, InvalidArgument
 
 
@@ -29,8 +29,7 @@ class PoolFull(FailedPrecondition, OSError):
         return self.strerror or FailedPrecondition.__str__(self)
 
 
-@dataclass
-class DeviceDetails:
+class DeviceDetails(Record, frozen=False):
     """What the pool records per thin device (``disk_device_details`` plus the virtual size)."""
 
     root: int
@@ -48,8 +47,7 @@ class DeviceDetails:
 DEVICE_WIDTH = 6
 
 
-@dataclass(frozen=True)
-class Usage:
+class Usage(Record):
     """Block counts of one device, with thin_ls's meanings.
 
     ``mapped_blocks`` (MAPPED_BLOCKS): virtual blocks with a data block; ``exclusive_blocks``
@@ -69,8 +67,7 @@ class BlockInfo(NamedTuple):
     data_block: int | None
 
 
-@dataclass(frozen=True)
-class Status:
+class Status(Record):
     """The pool's status, as dm-thin's ``dmsetup status`` line (``str()`` renders it).
 
     >>> Status(3, 10, 100, 5, 50, None, "rw", False, True, False, False)

@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from typing import IO
 
+from .._sys.record import Record
 from ..errors import InvalidArgument
 
 __all__ = ["SECTOR", "XmlSuperblock", "XmlDevice", "XmlMapping", "XmlDeviceEnd", "XmlRecord", "write_xml",
@@ -39,8 +39,7 @@ SECTOR = 512
 TIME_MASK = (1 << 24) - 1
 
 
-@dataclass(frozen=True)
-class XmlSuperblock:
+class XmlSuperblock(Record):
     """``<superblock>``: the pool's clock, transaction, block size (bytes) and number of data blocks."""
 
     time: int
@@ -49,8 +48,7 @@ class XmlSuperblock:
     nr_data_blocks: int
 
 
-@dataclass(frozen=True)
-class XmlDevice:
+class XmlDevice(Record):
     """``<device>``: a thin device's recorded details (the XML has no virtual size)."""
 
     dev_id: int
@@ -60,8 +58,7 @@ class XmlDevice:
     snap_time: int
 
 
-@dataclass(frozen=True)
-class XmlMapping:
+class XmlMapping(Record):
     """``<single_mapping>`` / ``<range_mapping>``: ``length`` virtual blocks from ``origin`` to data
     blocks from ``data``, all stamped ``time``."""
 
@@ -71,8 +68,7 @@ class XmlMapping:
     time: int
 
 
-@dataclass(frozen=True)
-class XmlDeviceEnd:
+class XmlDeviceEnd(Record):
     """``</device>``: the device's mappings are complete."""
 
     dev_id: int
