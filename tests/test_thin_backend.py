@@ -327,3 +327,36 @@ def test_cli_on_thin_leaves_no_daemon_even_when_the_verb_fails(tmp_path):
         assert not mounts.mounts_under(str(tmp_path)), argv
     log = (tmp_path / "lab" / "snapshots" / "thin" / "pool" / "daemon.log").read_text()
     assert "Traceback" not in log
+
+
+def test_cached_folio_sizes_counts_only_cached_pages(tmp_path):
+    from labkit.experiments.thin_io import cached_folio_sizes
+    f = tmp_path / "f"
+    f.write_bytes(os.urandom(8 << 20))
+    sizes = cached_folio_sizes(str(f))
+    assert sizes and all(s % 4096 == 0 and s & (s - 1) == 0 for s in sizes)     # powers of two, whole pages
+    assert sum(sizes.values()) <= (8 << 20) // 4096
+    fd = os.open(f, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    assert sum(cached_folio_sizes(str(f)).values()) < sum(sizes.values())      # nothing was read back in
+
+
+def test_loop_device_of_a_thin_mount_reads_the_export_page_cache(tmp_path):
+    """What thin-io's ``backing_folio_kib`` looks at: the FUSE device file behind the mount's loop device."""
+    from labkit.experiments.thin_io import _folio_kib, _loop_backing, cached_folio_sizes
+    target = tmp_path / "t"
+    target.mkdir()
+    with open_snapshotter("thin", tmp_path / "s", data_size="1G", base_size="256M") as sn:
+        with sn.prepare("a").mount(target):
+            (target / "data").write_bytes(os.urandom(4 << 20))
+            os.sync()
+            backing = _loop_backing(str(target))
+            assert backing and backing.startswith(str(tmp_path / "s"))   # the pool's device file, not a plain file
+            sizes = cached_folio_sizes(backing)
+            assert sum(sizes.values()) * 4096 >= 4 << 20                  # the data written is in its cache
+            assert _folio_kib(backing) >= 4
+        sn.remove("a")
