@@ -25,7 +25,7 @@ True
 from __future__ import annotations
 
 from .batch import Batch, JobResult, run_jobs
-from .runner import GUEST_TMP, VM, Requirements, VMResult, find_kernel, requirements
+from .runner import GUEST_TMP, VM, Requirements, VMResult, find_kernel, kill_running, requirements
 
-__all__ = ["VM", "VMResult", "Requirements", "requirements", "find_kernel", "run_jobs", "Batch", "JobResult",
-           "GUEST_TMP"]
+__all__ = ["VM", "VMResult", "Requirements", "requirements", "find_kernel", "kill_running", "run_jobs", "Batch",
+           "JobResult", "GUEST_TMP"]

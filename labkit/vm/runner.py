@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 
 from .. import errors
 
-__all__ = ["VM", "VMResult", "Requirements", "requirements", "find_kernel", "GUEST_TMP", "MARKER"]
+__all__ = ["VM", "VMResult", "Requirements", "requirements", "find_kernel", "kill_running", "GUEST_TMP", "MARKER"]
 
 #: ext4 mounted in the guest for pools, stores and pytest's temp dirs (memory-backed, gone at poweroff)
 GUEST_TMP = "/run/labkit-vm"
@@ -239,18 +239,29 @@ while True:
 sys.exit(os.waitstatus_to_exitcode(status) & 0xFF)
 """
 
-#: process groups of VMs running now (their watchers' pids); killed at interpreter exit
-_LIVE: set[int] = set()
+#: process groups of VMs running now (their watchers' pids) -> the pid of the process that started them;
+#: killed at interpreter exit — by that process only: a forked child inherits the table (and atexit
+#: callbacks), and must not kill its parent's VMs when it ends
+_LIVE: dict[int, int] = {}
 
 
 @atexit.register
-def _kill_live_groups() -> None:
-    for pgid in list(_LIVE):
+def kill_running() -> None:
+    """Kill every VM this process is running now (each VM's whole process group: watcher, vng, qemu); the
+    :meth:`VM.run` waiting on one then ends with an error. Also done at interpreter exit, by the process
+    that started them only (a forked child inherits the table and this callback).
+
+    >>> kill_running()          # doctest: +SKIP   (it would end any VM this interpreter runs, a test suite's too)
+    """
+    me = os.getpid()
+    for pgid, owner in list(_LIVE.items()):
+        if owner != me:
+            continue
         try:
             os.killpg(pgid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-    _LIVE.clear()
+        _LIVE.pop(pgid, None)
 
 
 class VM:
@@ -366,7 +377,7 @@ class VM:
         watcher = [sys.executable, "-S", "-c", _WATCHER, str(os.getpid())]
         proc = subprocess.Popen(watcher + argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, start_new_session=True, env=env, cwd=_CHECKOUT)
-        _LIVE.add(proc.pid)
+        _LIVE[proc.pid] = os.getpid()
         lines: list[str] = []
         size = 0
         boot: float | None = None
@@ -404,7 +415,7 @@ class VM:
             _wait_exit(proc, 30.0)
         finally:
             _kill_group(proc)
-            _LIVE.discard(proc.pid)
+            _LIVE.pop(proc.pid, None)
         rc: int | None = None
         try:
             with open(rc_file) as f:

@@ -139,6 +139,51 @@ def test_a_killed_parent_leaves_no_vm_behind(tmp_path, sig: str) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+_FORKING_PARENT = """
+import os, sys, threading, time
+from labkit.vm import runner
+from labkit.vm.runner import VM, Requirements
+runner.requirements = lambda kernel=None: Requirements("/bin/true", "/boot/x", sys.argv[1], ())
+threading.Thread(target=lambda: VM(timeout=600).run("true", scratch=sys.argv[2], on_output=lambda s: None),
+                 daemon=True).start()
+while not runner._LIVE:
+    time.sleep(0.02)
+pid = os.fork()
+if pid == 0:
+    sys.exit(0)            # an ordinary end: the interpreter runs the atexit callbacks it inherited
+os.waitpid(pid, 0)
+print("child ended", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_forked_child_ending_leaves_its_parents_vm_running(tmp_path) -> None:
+    """A process that runs a VM (the test suite boots one in a thread beside the host tests) and forks:
+    the child inherits the runner's table of VMs and its atexit callback, and must not kill them."""
+    import signal
+    tag = f"labkit-vm-test-forked-{os.getpid()}"
+    vng = _fake_vng(tmp_path, f"""
+        echo "labkit-vm: guest up"
+        exec -a {tag} sleep 600
+        """)
+    scratch = tmp_path / "s"
+    scratch.mkdir()
+    parent = subprocess.Popen([sys.executable, "-c", _FORKING_PARENT, vng, str(scratch)], stdout=subprocess.PIPE,
+                              text=True, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    try:
+        assert parent.stdout is not None and parent.stdout.readline().strip() == "child ended"
+        time.sleep(0.2)
+        assert not _group_gone(tag), "the child's exit killed its parent's VM"
+    finally:
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while not _group_gone(tag) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for pid in _pids_of(tag):
+            os.kill(pid, signal.SIGKILL)
+
+
 def test_a_hang_before_the_guest_is_up_is_detected(fake, tmp_path) -> None:
     tag = f"labkit-vm-test-hang-{os.getpid()}"
     fake(f"exec -a {tag} sleep 600\n")
