@@ -313,6 +313,68 @@ def test_prestart_is_taken_over_or_dropped(tmp_path):
     assert not mounts.mounts_under(str(tmp_path))
 
 
+_OPEN_AND_SAY = """
+import sys
+from labkit.snapshots import open_snapshotter
+print("opening", flush=True)
+with open_snapshotter("thin", sys.argv[1]) as sn:
+    sn.client.devices()
+print("opened", flush=True)
+"""
+
+
+def test_an_opener_never_holds_the_store_lock_while_it_waits_for_a_starter(tmp_path):
+    """Lock order. A CLI that prestarted the daemon holds the pool's start lock until it opens the store,
+    which takes the store's ``thin.lock``. A second process opening the store meanwhile used to take
+    ``thin.lock`` first and then wait for the start lock: each waited for the other until the start
+    timeout (20 s), and the second failed with "is being started by another process that does not
+    finish" (seen in the two-process loop). Here this test is the prestarting CLI: it holds the start
+    lock, lets a second process begin to open the store, and must then get ``thin.lock`` at once."""
+    import fcntl
+
+    from labkit.thin import client as tc
+    from labkit.thin import wire
+    store = str(tmp_path / "s")
+    open_snapshotter("thin", store, data_size="512M", base_size="128M").close()
+    pool = tc.store_paths(store)[0]
+    ctl = wire.open_ctl_dir(pool, create=True)
+    start = os.open(wire.START_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600, dir_fd=ctl)
+    os.close(ctl)
+    fcntl.flock(start, fcntl.LOCK_EX)                      # as prestart() holds it (no daemon runs yet)
+    other = subprocess.Popen([sys.executable, "-c", _OPEN_AND_SAY, store], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout is not None and other.stdout.readline().strip() == "opening"
+        time.sleep(1.0)                                    # it reaches the locks
+        store_lock = os.open(os.path.join(store, "thin.lock"), os.O_RDWR | os.O_CLOEXEC)
+        try:
+            got = False
+            for _ in range(40):                            # 2 s: it is free at once when the order is right
+                try:
+                    fcntl.flock(store_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    got = True
+                    break
+                except BlockingIOError:
+                    time.sleep(0.05)
+            assert got, "the second opener holds thin.lock while it waits for the start lock"
+        finally:
+            os.close(store_lock)
+        os.close(start)                                    # as the prestarting CLI takes its daemon over
+        start = -1
+        out, err = other.communicate(timeout=60)
+        assert other.returncode == 0 and out.strip() == "opened", err
+    finally:
+        if start >= 0:
+            os.close(start)
+        if other.poll() is None:
+            other.kill()
+            other.wait()
+    deadline = time.monotonic() + 10
+    while mounts.mounts_under(str(tmp_path)) and time.monotonic() < deadline:
+        time.sleep(0.05)                                   # the daemon stops once idle
+    assert not mounts.mounts_under(str(tmp_path))
+
+
 def test_cli_on_thin_leaves_no_daemon_even_when_the_verb_fails(tmp_path):
     """`labkit --backend thin` prestarts the daemon while it imports; whether the verb succeeds or fails
     before it opens the store, no daemon and no mount are left when the command ends."""

@@ -115,7 +115,17 @@ class ThinSnapshotter(BaseSnapshotter):
     # -- pool and base device -------------------------------------------------------------------
     def _open(self) -> None:
         pool_path, mountpoint = store_paths(self.root)
-        client = PoolClient(pool_path, mountpoint, idle=self.idle)    # (takes over a daemon the CLI prestarted)
+        client = PoolClient(pool_path, mountpoint, idle=self.idle)
+        if os.path.exists(os.path.join(pool_path, "metadata")):
+            # connect before taking thin.lock: a CLI that prestarted the daemon holds the pool's start lock
+            # until it takes the daemon over here, and a second process that holds thin.lock while it
+            # waits for that start lock would wait for the first, which waits for thin.lock (20 s, then a
+            # "does not finish" error: seen with two processes on one store)
+            try:
+                client.connect()
+            except BaseException:
+                client.close()
+                raise
         # two processes opening a new store at once: one makes the pool and the base device, the other waits
         lock = os.open(os.path.join(self.root, "thin.lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
                        0o600)

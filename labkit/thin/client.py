@@ -305,8 +305,9 @@ class PoolClient:
                                dir_fd=ctl)
             finally:
                 os.close(ctl)
-            try:  # one starter at a time; the others find the daemon up when they get the lock
-                self._flock(lock, deadline)
+            try:  # one starter at a time; the others find the daemon up when they get the lock, or before
+                if self._flock(lock, deadline):
+                    return True
                 while not self._try_connect():   # (a daemon that said ready answers; one more start else)
                     if time.monotonic() > deadline:
                         raise self._did_not_start(f"did not answer within {self.start_timeout:g} s")
@@ -315,12 +316,19 @@ class PoolClient:
             finally:
                 os.close(lock)
 
-    def _flock(self, fd: int, deadline: float) -> None:
+    def _flock(self, fd: int, deadline: float) -> bool:
+        """Take the start lock; True instead when, while another process holds it, the daemon that process
+        starts comes up and answers (this client is then connected; the other may hold its lock a while
+        longer: a CLI that prestarted the daemon holds it until it opens its store)."""
+        polls = 0
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
+                return False
             except BlockingIOError:
+                polls += 1
+                if polls % 5 == 0 and self._try_connect():
+                    return True
                 if time.monotonic() > deadline:
                     raise errors.FailedPrecondition(f"thin pool daemon for {self.pool_path}",
                                                     "is being started by another process that does not finish",
@@ -485,6 +493,9 @@ class PoolClient:
         if not isinstance(reply, dict):
             self._drop()
             raise errors.LabkitError(f"thin pool daemon for {self.pool_path}", "sent a malformed reply")
+        if reply.get("stopping") is True:    # it is shutting down and did not do this: as if never sent
+            self._drop()
+            raise _Gone(sent=False)
         return reply
 
     def _call(self, op: str, *args: Any) -> Any:

@@ -72,6 +72,10 @@ class Daemon:
         self.stop_when_idle = False
         self.clients = 0
         self._clients_lock = threading.Lock()
+        #: requests being handled: the pool is closed only once none is (a request that comes after the
+        #: daemon began to stop is not done: it is answered ``{"stopping": true}`` and sent again elsewhere)
+        self._inflight = 0
+        self._inflight_cv = threading.Condition()
         self.fs = PoolFS(self.pool, on_ready=self._on_ready)
         self._ctl_fd = -1
         self._sock_ino: int | None = None
@@ -163,7 +167,18 @@ class Daemon:
                     f.write(wire.encode({"error": wire.encode_error(err)}))
                     f.flush()
                     break
-                reply = self._handle(line)
+                with self._inflight_cv:
+                    if self.stopping.is_set():
+                        f.write(wire.encode({"stopping": True}))
+                        f.flush()
+                        break
+                    self._inflight += 1
+                try:
+                    reply = self._handle(line)
+                finally:
+                    with self._inflight_cv:
+                        self._inflight -= 1
+                        self._inflight_cv.notify_all()
                 stop = reply.pop("_stop", False)
                 f.write(wire.encode(reply))
                 f.flush()
@@ -330,6 +345,8 @@ class Daemon:
             if t is not None:
                 t.join(timeout=2)
             server.close()
+            with self._inflight_cv:       # a request admitted before the stop finishes on an open pool
+                self._inflight_cv.wait_for(lambda: self._inflight == 0, timeout=30)
             self.pool.close()
             if self._ctl_fd >= 0:
                 os.close(self._ctl_fd)

@@ -15,7 +15,8 @@ the filesystem's modes): the daemon answers only uid 0 or its own uid; the clien
 **Protocol.** JSON lines. A request ``{"op": NAME, "args": [...]}``, at most :data:`MAX_LINE` bytes (a
 longer one is refused and the connection dropped); a reply ``{"ok": RESULT}`` or ``{"error": ERROR}``
 where ERROR carries the exception's class name and its ``subject``, ``detail``, ``fix`` (or ``errno``), so
-that :func:`decode_error` rebuilds the same exception with its own constructor.
+that :func:`decode_error` rebuilds the same exception with its own constructor; or ``{"stopping": true}``:
+this daemon is shutting down and did not do the request (the client sends it again to a new daemon).
 
 >>> e = decode_error(encode_error(__import__("labkit.errors").errors.AlreadyExists("thin device 3")))
 >>> type(e).__name__, e.subject, str(e)

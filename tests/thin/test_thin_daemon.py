@@ -455,3 +455,26 @@ def loop_gone(dev: str, backing: str, timeout: float = 5.0) -> bool:
             return False
         time.sleep(0.01)
     return True
+
+
+def test_a_stopping_daemons_refusal_is_sent_again_to_a_new_one(client):
+    """A request that reaches a daemon after it began to stop is not done: it is answered
+    ``{"stopping": true}`` (the pool may already be closed: it used to answer "thin pool ... is closed")
+    and the client sends it again on a new connection, even a request that changes the pool."""
+    client.devices()                                       # connected to the running daemon
+    ours, theirs = socket.socketpair()
+
+    def stopping_daemon() -> None:
+        f = theirs.makefile("rwb")
+        f.readline()
+        f.write(wire.encode({"stopping": True}))
+        f.flush()
+        theirs.close()
+
+    t = threading.Thread(target=stopping_daemon)
+    t.start()
+    client._drop()
+    client._sock, client._file = ours, ours.makefile("rwb")   # the next request meets a stopping daemon
+    client.create_thin(5, BS * 4)                          # refused there, done by the real daemon
+    t.join()
+    assert 5 in client.devices()
