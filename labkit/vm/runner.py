@@ -251,7 +251,9 @@ def kill_running() -> None:
     :meth:`VM.run` waiting on one then ends with an error. Also done at interpreter exit, by the process
     that started them only (a forked child inherits the table and this callback).
 
-    >>> kill_running()          # doctest: +SKIP   (it would end any VM this interpreter runs, a test suite's too)
+    Not run as a doctest: it would end any VM this interpreter runs (a test suite runs one beside its tests).
+
+    >>> kill_running()          # doctest: +SKIP
     """
     me = os.getpid()
     for pgid, owner in list(_LIVE.items()):
