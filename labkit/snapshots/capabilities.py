@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
 
-if TYPE_CHECKING:  # the pool's dataclasses; the thin layer sits below this one
+if TYPE_CHECKING:  # the pool's records; the thin layer sits below this one
     from ..thin import CheckReport, Status
 
 __all__ = ["StoreSpace", "SnapshotBlock", "PoolBacked", "BlockMapped", "Prestarting"]

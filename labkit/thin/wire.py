@@ -119,7 +119,7 @@ def read_line(f: io.BufferedIOBase) -> bytes | None:
 def _kinds() -> dict[str, type[LabkitError]]:
     """The exceptions that travel by name. The pool's two (``PoolFull``, ``MetadataError``) are imported
     here, on the first error, not with this module: a client that sees no error (a `labkit run`) does not
-    load the pool's metadata and records modules (their dataclasses and ``uuid``)."""
+    load the pool's metadata and records modules."""
     if not _KINDS:
         from .metadata import MetadataError
         from .records import PoolFull
