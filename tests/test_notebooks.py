@@ -218,11 +218,11 @@ def test_notebook_runs_and_checks_its_values(ident, tmp_path):
 def check_report(results: pathlib.Path, outputs: list[dict], *, lang: str) -> None:
     """Every experiment measured and written, each figure shown once, tables in human units."""
     headline = json.loads((results / "headline.json").read_text(encoding="utf-8"))
-    assert len(headline) == 9 and all("finding" in v for v in headline.values()), headline
-    assert len(list(results.glob("*.csv"))) == 9
+    assert len(headline) == 10 and all("finding" in v for v in headline.values()), headline
+    assert len(list(results.glob("*.csv"))) == 10
     html = "\n".join("".join(o["data"]["text/html"]) for o in outputs if "text/html" in o.get("data", {}))
     assert not [o for o in outputs if "image/png" in o.get("data", {})]     # figures are <img> with alt text
-    assert len(re.findall(r"<img alt='[^']+' src='data:image/png", html)) == 9, "one figure per experiment, once"
+    assert len(re.findall(r"<img alt='[^']+' src='data:image/png", html)) == 10, "one figure per experiment, once"
     assert "lk-error" not in html.replace(".lk-report .lk-error", "")
     assert not re.search(r">\s*-?\d+\.\d{4,}\s*<", html), "a raw float in a table"
     assert not re.search(r">\s*\d{7,}(\.0)?\s*<", html), "raw bytes in a table"

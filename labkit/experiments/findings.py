@@ -25,6 +25,7 @@ import pandas as pd
 
 from ..plots import format_seconds
 from ..units import format_size
+from .cli_latency import ratios
 
 __all__ = ["TITLES", "ABOUT", "WHY", "table", "finding", "conclusion", "about", "title", "sentence_or_none"]
 
@@ -41,6 +42,7 @@ TITLES: dict[str, dict[str, str]] = {
     "thin-io": {"en": "I/O through the thin device", "ja": "シンデバイスの I/O 性能"},
     "start-latency": {"en": "Container start latency", "ja": "コンテナの起動時間"},
     "image-sprawl": {"en": "Image sprawl: ad-hoc commits", "ja": "イメージの乱立：場当たり的なコミット"},
+    "cli-latency": {"en": "A whole `labkit run` against podman and runc", "ja": "labkit run 全体の時間：podman・runc との比較"},
 }
 
 
@@ -93,6 +95,13 @@ ABOUT: dict[str, dict[str, str]] = {
               "the OCI runtimes installed here (runc, crun).",
         "ja": "ネットワークなしの busybox ルートファイルシステムで /bin/true を起動して終了するまでの時間を、labkit の"
               "ランタイムとこのマシンの OCI ランタイム（runc, crun）で比べます。"},
+    "cli-latency": {
+        "en": "The whole process of `labkit run --rm busybox true` (on overlay and on thin), start to exit, against "
+              "`podman run --rm` and `runc run` of the same busybox root filesystem, in paired rounds: each round runs "
+              "every command once, in turn, so a ratio compares runs seconds apart.",
+        "ja": "`labkit run --rm busybox true` のプロセス全体（overlay と thin）の開始から終了までの時間を、同じ busybox "
+              "ルートファイルシステムでの `podman run --rm` と `runc run` と比べます。各ラウンドで全コマンドを順に 1 回ずつ"
+              "実行するので、比は数秒以内に測った実行どうしの比較です。"},
     "image-sprawl": {
         "en": "A chain of ad-hoc commits, each rewriting the same file, against the same result committed once; "
               "then what removing the result's tag and pruning gives back.",
@@ -149,15 +158,26 @@ WHY: dict[str, dict[str, str]] = {
               "出会った場合は EIO です。コミット済みのブロック（イメージ）には触れず、メタデータの 2 段階コミットが"
               "プールの整合性を保ちます。"},
     "thin-io": {
-        "en": "Both targets are ext4 on a loop device and share the page cache; what separates them is every "
-              "request's round trip through the FUSE daemon written in Python.",
-        "ja": "どちらもループデバイス上の ext4 でページキャッシュも共通です。差は、すべての要求が Python で書かれた FUSE "
-              "デーモンを往復することにあります。"},
+        "en": "Both targets are ext4 on a loop device. Writes go through the FUSE daemon written in Python, which "
+              "stores them in the pool; warm reads come from the page cache of the loop device's backing file, which "
+              "the kernel keeps in 4 KiB pages for the thin device's FUSE file and in large folios for a plain ext4 "
+              "file (the backing_folio_kib column): that, not the daemon, is what slows thin's reads.",
+        "ja": "どちらもループデバイス上の ext4 です。書き込みは Python で書かれた FUSE デーモンを通ってプールに保存されます。"
+              "キャッシュが温まった読み出しはループデバイスの裏のファイルのページキャッシュから来ますが、カーネルはシンデバイスの "
+              "FUSE ファイルを 4 KiB ページで、普通の ext4 ファイルを大きな folio で保持します（backing_folio_kib 列）。"
+              "シンの読み出しを遅くしているのはデーモンではなくこの差です。"},
     "start-latency": {
         "en": "A start is a few forks, unshare, pivot_root and exec; the differences are the runtime's own work "
               "(reading an OCI bundle, cgroups) and the cost of forking from a large process.",
         "ja": "起動は数回の fork、unshare、pivot_root、exec です。差はランタイム自身の仕事（OCI バンドルの読み込み、cgroup）"
               "と、大きなプロセスから fork するコストから来ます。"},
+    "cli-latency": {
+        "en": "A short command's time is mostly its program's start: the Python interpreter and the modules a verb "
+              "imports (labkit), four processes of Go programs (podman), one binary (runc). Starting the container "
+              "itself is the smaller part (see the start latency section).",
+        "ja": "短いコマンドの時間の大半はプログラム自体の起動です：Python インタプリタとコマンドが読み込むモジュール"
+              "（labkit）、Go で書かれた 4 つのプロセス（podman）、1 つのバイナリ（runc）。コンテナ自体の起動は小さい"
+              "部分です（起動時間の節を参照）。"},
     "image-sprawl": {
         "en": "Every commit keeps its layer for ever: a file rewritten in each step is stored once per step, and "
               "hidden by the next. Recording the steps once (a recipe, a Dockerfile) keeps only the result; prune "
@@ -338,10 +358,30 @@ def _table_sprawl(df: pd.DataFrame) -> pd.DataFrame:
                          for (b, a), r in _rows(m)])
 
 
+def _table_cli(df: pd.DataFrame) -> pd.DataFrame:
+    r = ratios(df)
+    has = "vs_podman" in r
+    out = pd.DataFrame({"command": [_PEER_COMMAND.get(p, p) for p in r.index],
+                        "runs": [int(v) if v == v else 0 for v in r["count"]],
+                        "median": [_t(v) for v in r["50%"]], "25 %": [_t(v) for v in r["25%"]],
+                        "75 %": [_t(v) for v in r["75%"]],
+                        "× podman (paired)": [f"{v:.2f}" if has and v == v else "" for v in
+                                              (r["vs_podman"] if has else [float("nan")] * len(r))]})
+    for name, why in (df.attrs.get("skipped") or {}).items():
+        if _PEER_COMMAND.get(name, name) not in set(out.command):
+            out.loc[len(out)] = [_PEER_COMMAND.get(name, name), 0, "not run", "", str(why)[:60], ""]
+    return out
+
+
+_PEER_COMMAND = {"labkit": "labkit run --rm (overlay)", "labkit-thin": "labkit run --rm (thin)",
+                 "podman": "podman run --rm", "runc": "runc run"}
+
+
 TABLES: dict[str, Callable[[pd.DataFrame], pd.DataFrame]] = {
     "snapshot-time": _table_snapshot_time, "space-vs-containers": _table_space, "cow-penalty": _table_cow,
     "commit-cost": _table_commit, "block-size": _table_block_size, "pool-exhaustion": _table_pool,
     "thin-io": _table_thin_io, "start-latency": _table_start, "image-sprawl": _table_sprawl,
+    "cli-latency": _table_cli,
 }
 
 
@@ -538,10 +578,34 @@ def _f_sprawl(df: pd.DataFrame, lang: str) -> str:
             + _and([f"{_sz(f)} on {b}" for b, _, _, _, f in parts], lang) + ".")
 
 
+def _f_cli(df: pd.DataFrame, lang: str) -> str:
+    r = ratios(df)
+    med = r["50%"].dropna()
+    if "labkit" not in med:
+        return ""
+    x = float(cast(float, r.loc["labkit", "vs_podman"])) if "vs_podman" in r else float("nan")
+    thin = _t(med["labkit-thin"]) if "labkit-thin" in med else ""
+    if lang == "ja":
+        s = f"`labkit run --rm busybox true` 全体の中央値は overlay で {_t(med['labkit'])}"
+        s += f"、thin で {thin}" if thin else ""
+        if "podman" in med:
+            s += f"、`podman run --rm` は {_t(med['podman'])}（labkit は podman の {x:.2f} 倍、同じラウンドどうしの比）"
+        if "runc" in med:
+            s += f"、`runc run` は {_t(med['runc'])}"
+        return s + "でした。"
+    s = f"A whole `labkit run --rm busybox true` takes {_t(med['labkit'])} (median) on overlay"
+    s += f" and {thin} on thin" if thin else ""
+    if "podman" in med:
+        s += f", against {_t(med['podman'])} for `podman run --rm` ({x:.2f}× podman, paired rounds)"
+    if "runc" in med:
+        s += f" and {_t(med['runc'])} for `runc run`"
+    return s + "."
+
+
 FINDINGS: dict[str, Callable[[pd.DataFrame, str], str]] = {
     "snapshot-time": _f_snapshot, "space-vs-containers": _f_space, "cow-penalty": _f_cow,
     "commit-cost": _f_commit, "block-size": _f_block, "pool-exhaustion": _f_pool, "thin-io": _f_io,
-    "start-latency": _f_start, "image-sprawl": _f_sprawl,
+    "start-latency": _f_start, "image-sprawl": _f_sprawl, "cli-latency": _f_cli,
 }
 
 
