@@ -93,7 +93,8 @@ class Record:
         if any(issubclass(b, Record) and b is not Record and b.__record_frozen__ != frozen for b in cls.__bases__):
             raise TypeError(f"{cls.__name__}: a frozen and a mutable record can't inherit from each other")
         spec: dict[str, tuple[Any, Any, bool]] = dict(cls.__record_fields__)
-        # not inspect.get_annotations: importing inspect is what this module avoids
+        # not inspect.get_annotations: importing inspect is what this module avoids (on Python >= 3.14, whose
+        # class annotations are evaluated lazily, this would read annotationlib.get_annotations(cls) instead)
         for name, annotation in cls.__dict__.get("__annotations__", {}).items():  # noqa: RUF063
             if _is_classvar(annotation):
                 continue
