@@ -243,9 +243,10 @@ def _exit_now(code: int) -> None:
     if pending is None or pending():
         return
     threading = sys.modules.get("threading")    # not imported: no thread was started through it
-    main = threading.main_thread() if threading else None
-    if threading and any(t is not main and not t.daemon and t.is_alive() for t in threading.enumerate()):
-        return
+    if threading is not None:
+        main = threading.main_thread()
+        if any(t is not main and not t.daemon and t.is_alive() for t in threading.enumerate()):
+            return
     try:
         sys.stdout.flush()
         sys.stderr.flush()

@@ -67,7 +67,7 @@ def check_name(name: str) -> str:
 
 
 def _records(rows: Any) -> list[dict[str, Any]]:
-    return [_plain(r) if _structured(r) else dict(r) for r in rows]
+    return [_plain(r) if record.is_structured(r) else dict(r) for r in rows]
 
 
 def _frame(rows: Any, columns: list[str] | None = None, *, as_frame: bool = True) -> Any:
@@ -97,13 +97,8 @@ def _cut(text: str, n: int) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-def _structured(x: Any) -> bool:
-    """A record or a dataclass instance (not a class)."""
-    return not isinstance(x, type) and (isinstance(x, record.Record) or hasattr(type(x), "__dataclass_fields__"))
-
-
 def _plain(x: Any) -> Any:
-    return record.asdict(x) if _structured(x) else x
+    return record.asdict(x) if record.is_structured(x) else x
 
 
 

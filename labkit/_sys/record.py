@@ -31,7 +31,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar, cast, dataclass_transform
 
-__all__ = ["FrozenInstanceError", "Record", "asdict", "field", "field_names", "is_record", "replace"]
+__all__ = ["FrozenInstanceError", "Record", "asdict", "field", "field_names", "is_record", "is_structured",
+           "replace"]
 
 T = TypeVar("T")
 
@@ -148,8 +149,8 @@ class Record:
                 values[name] = factory()
             elif init:
                 raise TypeError(f"{cls.__name__}() missing required argument: {name!r}")
-        if len(kwargs) > len(spec) or any(k not in spec or not spec[k][2] for k in kwargs):
-            bad = next((k for k in kwargs if k not in spec or not spec[k][2]), "?")
+        bad = next((k for k in kwargs if k not in spec or not spec[k][2]), None)
+        if bad is not None:
             raise TypeError(f"{cls.__name__}() got an unexpected keyword argument {bad!r}")
         post = getattr(self, "__post_init__", None)
         if post is not None:
@@ -193,6 +194,15 @@ def is_record(obj: Any) -> bool:
     return isinstance(obj, Record) or (isinstance(obj, type) and issubclass(obj, Record))
 
 
+def is_structured(obj: Any) -> bool:
+    """True for a record or a dataclass instance (not a class): what :func:`asdict` turns into a dict.
+
+    >>> is_structured(Record()), is_structured(Record), is_structured({})
+    (True, False, False)
+    """
+    return not isinstance(obj, type) and (isinstance(obj, Record) or hasattr(type(obj), "__dataclass_fields__"))
+
+
 def field_names(obj: Record | type[Record]) -> tuple[str, ...]:
     """The fields' names in order (``[f.name for f in dataclasses.fields(obj)]``)."""
     return tuple(obj.__record_fields__)
@@ -231,9 +241,7 @@ def asdict(obj: Any) -> Any:
     if isinstance(obj, Record):
         values = obj.__dict__
         return {n: asdict(values[n]) for n in type(obj).__record_fields__ if n in values}
-    if isinstance(obj, type):
-        return obj
-    if hasattr(type(obj), "__dataclass_fields__"):
+    if is_structured(obj):                # a dataclass instance (records were handled above)
         import dataclasses  # only when a dataclass is handed in (never on labkit run's path)
         return {f.name: asdict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, tuple) and hasattr(obj, "_fields"):

@@ -47,13 +47,6 @@ class _Bridge(NamedTuple):
     nat: bool = False
 
 
-def _ipaddress() -> Any:
-    """The ``ipaddress`` module, imported when a subnet is first looked at: ~2 ms that a `labkit run` with
-    the default bridge config never needs (docs/performance.md)."""
-    import ipaddress
-    return ipaddress
-
-
 class BridgeConfig(_Bridge):
     """Where bridge-mode containers live: bridge name, subnet (the bridge takes its first address), NAT.
 
@@ -65,13 +58,16 @@ class BridgeConfig(_Bridge):
     def __new__(cls, name: str = "lk-br0", subnet: str = "10.88.0.0/16", nat: bool = False) -> BridgeConfig:
         if not name.startswith(PREFIX) or len(name) > 15:
             raise errors.InvalidArgument(f"bridge name {name!r}", "must start with lk- and have <= 15 chars")
-        if subnet != _Bridge._field_defaults["subnet"] and _ipaddress().ip_network(subnet).num_addresses < 4:
-            raise errors.InvalidArgument(f"subnet {subnet}", "too small", fix="use a /30 or larger")
+        if subnet != _Bridge._field_defaults["subnet"]:   # (ipaddress: ~2 ms a default `labkit run` does without)
+            import ipaddress
+            if ipaddress.ip_network(subnet).num_addresses < 4:
+                raise errors.InvalidArgument(f"subnet {subnet}", "too small", fix="use a /30 or larger")
         return super().__new__(cls, name, subnet, nat)
 
     @property
     def network(self) -> ipaddress.IPv4Network:
-        return _ipaddress().ip_network(self.subnet)
+        import ipaddress
+        return ipaddress.ip_network(self.subnet)  # type: ignore[return-value]
 
     @property
     def gateway(self) -> str:

@@ -46,6 +46,7 @@ import pandas as pd
 
 from .._sys import loop, mounts
 from .._sys.fs import run as run_tool
+from .._sys.libc import libc
 from ..snapshots import open_snapshotter
 from ..snapshots.mount import unmount
 from ..units import parse_size
@@ -58,7 +59,7 @@ MIB = 1 << 20
 
 PAGE = mmap.PAGESIZE
 KPF_COMPOUND_HEAD, KPF_COMPOUND_TAIL = 15, 16      # /proc/kpageflags bits (Documentation/admin-guide/mm/pagemap.rst)
-_libc = ctypes.CDLL(None, use_errno=True)
+_libc = libc        # (argument types for the three calls below, which nothing else in labkit makes)
 _libc.mmap.restype, _libc.mmap.argtypes = ctypes.c_void_p, (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int,
                                                            ctypes.c_int, ctypes.c_int, ctypes.c_long)
 _libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)

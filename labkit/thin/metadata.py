@@ -128,6 +128,7 @@ class Node:
 SB = struct.Struct("<I8sIQQIIQQQQQQQ")  # csum magic version tid time flags node_cap meta_blocks data_blocks
 #                                           data_block_size devroot meta_idx_n data_idx_n reserved
 SB_UUID = 128  # offset of the 16-byte uuid
+SB_LISTS = 256  # offset of the index-block lists: meta ones then data ones (u64 each)
 
 
 def uuid_text(raw: bytes) -> str:
@@ -163,7 +164,6 @@ def uuid_bytes(text: str) -> bytes:
     if len(h) != 32:
         raise ValueError(f"not a uuid: {text!r}")
     return bytes.fromhex(h)
-SB_LISTS = 256  # offset of the index-block lists: meta ones then data ones (u64 each)
 
 
 class Superblock(Record, frozen=False):
